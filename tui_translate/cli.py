@@ -1,0 +1,222 @@
+"""Command line: `tui-translate [app options]` opens the app; subcommands do one-shot work.
+
+    tui-translate                      open the app on the default model
+    tui-translate translate TEXT...    translate text (or stdin, line by line)
+    tui-translate train ...            train a model (torchrun for several processes)
+    tui-translate eval ...             sacreBLEU BLEU / chrF of a model on a TSV file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .paths import default_model_dir
+
+SUBCOMMANDS = ("translate", "train", "eval", "app")
+
+
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help=f"model directory (default: {default_model_dir()})")
+
+
+def _add_decode_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding")
+    g.add_argument("--strategy", choices=["greedy", "beam", "sample"], default="greedy", help="decoding strategy (default: greedy)")
+    g.add_argument("--beam-size", type=int, default=5, metavar="N", help="beam width for --strategy beam (default: 5)")
+    g.add_argument("--length-penalty", type=float, default=0.6, metavar="A", help="GNMT length penalty alpha for beam search (default: 0.6)")
+    g.add_argument("--nbest", type=int, default=1, metavar="N", help="number of beam hypotheses to return (default: 1)")
+    g.add_argument("--early-stopping", action="store_true", help="beam search stops as soon as N hypotheses have finished")
+    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default: 1.0)")
+    g.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K most probable tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (1.0 = off)")
+    g.add_argument("--seed", type=int, default=0, metavar="S", help="random seed for sampling (default: 0)")
+    g.add_argument("--max-length-ratio", type=float, default=1.5, metavar="R",
+                   help="max target tokens = R * source tokens + 10 (default: 1.5)")
+
+
+def decode_config_from_args(args: argparse.Namespace):
+    from .config import DecodeConfig
+
+    return DecodeConfig(
+        strategy=args.strategy, beam_size=args.beam_size, length_penalty=args.length_penalty,
+        top_beams=args.nbest if args.strategy == "beam" else 1, early_stopping=args.early_stopping,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        max_length_ratio=args.max_length_ratio,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tui-translate",
+        description="A terminal translator where you can watch the Transformer think. "
+        "With no subcommand, opens the interactive app on the default French→English model.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("translate", help="translate text given as arguments, or standard input line by line",
+                       description="Translate TEXT, or each line of standard input (one output line per input line; "
+                       "an empty line gives an empty line).")
+    p.add_argument("text", nargs="*", help="text to translate (default: read standard input)")
+    _add_model_arg(p)
+    _add_decode_args(p)
+    p.add_argument("--batch-size", type=int, default=32, metavar="B", help="sentences decoded together for standard input (default: 32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per input: tokens, probabilities, alternatives, scores, n-best")
+    p.add_argument("--attention", action="store_true",
+                   help="with --json: include the attention arrays; without: print a cross-attention heatmap")
+    p.add_argument("--layer", type=int, default=None, metavar="L", help="heatmap layer (default: average over layers)")
+    p.add_argument("--head", type=int, default=None, metavar="H", help="heatmap head (default: average over heads)")
+    p.add_argument("--threads", type=int, default=0, metavar="N", help="torch CPU threads (default: torch's choice)")
+
+    p = sub.add_parser("train", help="train a model on a French<TAB>English TSV file",
+                       description="Train a translation model. Run under `torchrun --nproc_per_node N -m tui_translate train ...` "
+                       "for data-parallel training.")
+    p.add_argument("--train", metavar="TSV", help="training pairs, French<TAB>English")
+    p.add_argument("--valid", metavar="TSV", help="validation pairs, French<TAB>English")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, logs, final model in DIR/model)")
+    p.add_argument("--direction", default="fr-en", choices=["fr-en", "en-fr"], help="translation direction (default: fr-en)")
+    p.add_argument("--tokenizer", default=None, metavar="JSON", help="reuse this tokenizer.json instead of training one")
+    p.add_argument("--vocab-size", type=int, default=8000, help="joint BPE vocabulary size (default: 8000)")
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--encoder-layers", type=int, default=3)
+    p.add_argument("--decoder-layers", type=int, default=3)
+    p.add_argument("--d-ff", type=int, default=1024)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--norm", choices=["pre", "post"], default="pre", help="LayerNorm placement (default: pre)")
+    p.add_argument("--max-positions", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=4096, help="source+target tokens per batch and process (default: 4096)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    p.add_argument("--warmup", type=int, default=1000, help="warmup steps (default: 1000)")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--clip-norm", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=20000)
+    p.add_argument("--max-epochs", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-sentences", type=int, default=300, help="validation sentences translated for BLEU/chrF at each eval")
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--keep-last", type=int, default=5)
+    p.add_argument("--average-last", type=int, default=5)
+    p.add_argument("--patience", type=int, default=6, help="evaluations without validation-loss improvement before stopping")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--limit-pairs", type=int, default=0, help="use only the first N training pairs (0 = all)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none", help="bfloat16 autocast for the forward pass (default: none = fp32)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --out")
+    p.add_argument("--export", action="store_true", help="only average the newest checkpoints of --out into --out/model and exit")
+
+    p = sub.add_parser("eval", help="sacreBLEU BLEU and chrF of a model on a French<TAB>English file",
+                       description="Translate the source column of a TSV and score it against the reference column "
+                       "with sacreBLEU (default 13a tokenisation); prints the signatures and sentences/s.")
+    p.add_argument("tsv", metavar="TSV", help="French<TAB>English pairs")
+    _add_model_arg(p)
+    _add_decode_args(p)
+    p.add_argument("--direction", default=None, choices=["fr-en", "en-fr"], help="default: the model's own direction")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=0, help="score only the first N pairs")
+    p.add_argument("--output", metavar="FILE", default=None, help="also write the hypotheses, one per line")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.add_argument("--threads", type=int, default=0)
+
+    p = sub.add_parser("app", help="open the interactive app (the default when no command is given)")
+    _add_app_args(p)
+    return parser
+
+
+def _add_app_args(p: argparse.ArgumentParser) -> None:
+    _add_model_arg(p)
+    p.add_argument("--clean", action="store_true", help="start with an empty transcript and history (nothing is loaded or saved)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["app", *argv]
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "translate":
+            from .commands_translate import run_translate
+
+            return run_translate(args)
+        if args.command == "train":
+            return _run_train(args)
+        if args.command == "eval":
+            return _run_eval(args)
+        from .ui.app import run_app
+
+        return run_app(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # one line, no traceback, for expected failures
+        from .errors import is_user_error
+
+        if is_user_error(e):
+            print(f"tui-translate: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .config import ConfigError, TrainConfig
+    from .train import export_run, train
+
+    if args.export:
+        export_run(args.out)
+        return 0
+    if not args.train or not args.valid:
+        raise ConfigError("train: --train and --valid are required (unless --export)")
+
+    model = {"d_model": args.d_model, "n_heads": args.heads, "n_encoder_layers": args.encoder_layers,
+             "n_decoder_layers": args.decoder_layers, "d_ff": args.d_ff, "dropout": args.dropout,
+             "norm_placement": args.norm, "max_positions": args.max_positions}
+    cfg = TrainConfig(train=args.train, valid=args.valid, out_dir=args.out, direction=args.direction, tokenizer=args.tokenizer,
+                      vocab_size=args.vocab_size, model=model, max_tokens=args.max_tokens, lr=args.lr, warmup_steps=args.warmup,
+                      label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, max_steps=args.max_steps,
+                      max_epochs=args.max_epochs, eval_every=args.eval_every, eval_sentences=args.eval_sentences,
+                      save_every=args.save_every, keep_last=args.keep_last, average_last=args.average_last,
+                      patience=args.patience, seed=args.seed, threads=args.threads, limit_pairs=args.limit_pairs, amp=args.amp)
+    train(cfg, resume=args.resume, device=args.device)
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from .checkpoint import load_model_dir
+    from .data import read_pairs
+    from .evaluate import evaluate_pairs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model_dir(args.model or default_model_dir())
+    direction = args.direction or f"{loaded.meta.get('source_lang', 'fr')}-{loaded.meta.get('target_lang', 'en')}"
+    pairs = read_pairs(args.tsv, direction, args.limit)
+    err = Console(stderr=True)
+    with Progress(console=err, disable=not err.is_terminal, transient=True) as progress:
+        task = progress.add_task("translating", total=len(pairs))
+        scores, hyps = evaluate_pairs(loaded.model, loaded.tokenizer, pairs, decode_config_from_args(args), args.batch_size,
+                                      progress=lambda n: progress.update(task, completed=n))
+    if args.output:
+        from .atomic import write_text
+
+        write_text(args.output, "".join(h + "\n" for h in hyps))
+    if args.json:
+        print(json.dumps({"model": str(loaded.path), "direction": direction, "tsv": args.tsv, **scores.to_dict()}))
+    else:
+        print(f"model      {loaded.path}  ({direction}, {decode_config_from_args(args).describe()})")
+        print(f"sentences  {scores.sentences}  in {scores.seconds:.1f}s  ({scores.sentences_per_second:.1f} sentences/s, {torch.get_num_threads()} threads)")
+        print(f"BLEU       {scores.bleu:.2f}   {scores.bleu_signature}")
+        print(f"chrF       {scores.chrf:.2f}   {scores.chrf_signature}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

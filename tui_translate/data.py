@@ -1,0 +1,136 @@
+"""Parallel data: reading TSV pairs, encoding them once, length-bucketed token-count batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .tokenizer import Tokenizer
+
+LANG_COLUMNS = {"fr": 0, "en": 1}
+
+
+class DataError(ValueError):
+    pass
+
+
+def read_pairs(path: str | Path, direction: str = "fr-en", limit: int = 0) -> list[tuple[str, str]]:
+    """Read a French<TAB>English file and return (source, target) pairs for `direction`."""
+    try:
+        src_lang, tgt_lang = direction.split("-")
+        si, ti = LANG_COLUMNS[src_lang], LANG_COLUMNS[tgt_lang]
+    except (ValueError, KeyError):
+        raise DataError(f"direction must be fr-en or en-fr, got {direction!r}") from None
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) < 2:
+                if line.strip():
+                    raise DataError(f"{path}:{n}: expected French<TAB>English")
+                continue
+            pairs.append((cols[si], cols[ti]))
+            if limit and len(pairs) >= limit:
+                break
+    return pairs
+
+
+@dataclass
+class EncodedPairs:
+    """Token ids of every pair, stored flat (no pickling): ids[offsets[i]:offsets[i+1]]."""
+
+    src_ids: np.ndarray  # (total_src,) int32
+    src_offsets: np.ndarray  # (n+1,) int64
+    tgt_ids: np.ndarray
+    tgt_offsets: np.ndarray
+
+    @classmethod
+    def build(cls, pairs: list[tuple[str, str]], tokenizer: Tokenizer, max_len: int = 0) -> "EncodedPairs":
+        src = tokenizer.encode_ids([s for s, _ in pairs])
+        tgt = tokenizer.encode_target_ids([t for _, t in pairs])
+        keep = [i for i in range(len(pairs)) if not max_len or (len(src[i]) <= max_len and len(tgt[i]) <= max_len)]
+        src = [src[i] for i in keep]
+        tgt = [tgt[i] for i in keep]
+
+        def flat(seqs):
+            lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            ids = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
+            return ids, offsets
+
+        si, so = flat(src)
+        ti, to = flat(tgt)
+        return cls(si, so, ti, to)
+
+    def __len__(self) -> int:
+        return len(self.src_offsets) - 1
+
+    @property
+    def src_lengths(self) -> np.ndarray:
+        return np.diff(self.src_offsets)
+
+    @property
+    def tgt_lengths(self) -> np.ndarray:
+        return np.diff(self.tgt_offsets)
+
+    def src(self, i: int) -> np.ndarray:
+        return self.src_ids[self.src_offsets[i] : self.src_offsets[i + 1]]
+
+    def tgt(self, i: int) -> np.ndarray:
+        return self.tgt_ids[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
+
+    def save(self, path: str | Path) -> None:
+        from .atomic import write_with
+
+        write_with(path, lambda tmp: np.savez(open(tmp, "wb"), src_ids=self.src_ids, src_offsets=self.src_offsets, tgt_ids=self.tgt_ids, tgt_offsets=self.tgt_offsets))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EncodedPairs":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["src_ids"], z["src_offsets"], z["tgt_ids"], z["tgt_offsets"])
+
+
+def token_batches(data: EncodedPairs, max_tokens: int, seed: int, epoch: int, shuffle: bool = True) -> list[np.ndarray]:
+    """Group pairs of similar length so that padded (source + target) tokens per batch <= max_tokens.
+
+    Deterministic for (seed, epoch): sort by length with a seeded random tie-break,
+    cut into batches, then shuffle the batch order.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    src_len, tgt_len = data.src_lengths, data.tgt_lengths
+    noise = rng.random(len(data)) if shuffle else np.arange(len(data)) / max(1, len(data))
+    order = np.lexsort((noise, tgt_len, src_len))
+    batches, start = [], 0
+    max_s = max_t = 0
+    for pos, i in enumerate(order):
+        ns, nt = max(max_s, src_len[i]), max(max_t, tgt_len[i])
+        if pos > start and (pos - start + 1) * (ns + nt) > max_tokens:
+            batches.append(order[start:pos])
+            start, ns, nt = pos, src_len[i], tgt_len[i]
+        max_s, max_t = ns, nt
+    if start < len(order):
+        batches.append(order[start:])
+    if shuffle:
+        perm = rng.permutation(len(batches))
+        batches = [batches[j] for j in perm]
+    return batches
+
+
+def collate(data: EncodedPairs, indices: np.ndarray, pad_id: int, start_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> src (B, S), tgt_in (B, T) = [start, y1..y_{T-1}], tgt_out (B, T) = [y1..y_T=EOS], padded with pad_id."""
+    srcs = [data.src(i) for i in indices]
+    tgts = [data.tgt(i) for i in indices]
+    s_max = max(len(s) for s in srcs)
+    t_max = max(len(t) for t in tgts)
+    src = np.full((len(indices), s_max), pad_id, dtype=np.int64)
+    tgt_in = np.full((len(indices), t_max), pad_id, dtype=np.int64)
+    tgt_out = np.full((len(indices), t_max), pad_id, dtype=np.int64)
+    for r, (s, t) in enumerate(zip(srcs, tgts)):
+        src[r, : len(s)] = s
+        tgt_out[r, : len(t)] = t
+        tgt_in[r, 0] = start_id
+        tgt_in[r, 1 : len(t)] = t[:-1]
+    return torch.from_numpy(src), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out)

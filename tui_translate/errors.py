@@ -1,0 +1,11 @@
+"""Which exceptions are the user's problem (one-line message) rather than a bug (traceback)."""
+
+from __future__ import annotations
+
+
+def is_user_error(e: BaseException) -> bool:
+    from .checkpoint import ModelLoadError
+    from .config import ConfigError
+    from .data import DataError
+
+    return isinstance(e, (ModelLoadError, ConfigError, DataError, FileNotFoundError, IsADirectoryError, PermissionError))

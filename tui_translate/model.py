@@ -1,0 +1,152 @@
+"""The encoder-decoder Transformer.
+
+The model offers three entry points and owns no decoding loop (that is `search.py`):
+
+* `encode(src)` -> `EncoderOutput` (memory, source mask, optional self-attention);
+* `start_cache(encoded)` -> `KVCache` with the cross-attention keys/values computed once,
+  then `decode_step(tokens, cache)` -> logits of the new positions (+ optional attention);
+* `forward(src, tgt_in)` -> logits for teacher-forced training.
+
+Shapes: B batch, S source length, T target length, D d_model, H heads, L layers, V vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cache import KVCache
+from .config import ModelConfig
+from .layers import DecoderLayer, EncoderLayer, embedding_scale, sinusoidal_positions
+
+
+@dataclass
+class EncoderOutput:
+    memory: Tensor  # (B, S, D)
+    source_mask: Tensor  # (B, S) bool, True at real tokens
+    self_attention: Tensor | None = None  # (B, L, H, S, S) on the capture path
+
+
+@dataclass
+class StepOutput:
+    logits: Tensor  # (N, T_new, V)
+    self_attention: Tensor | None = None  # (N, L, H, T_new, T_past + T_new)
+    cross_attention: Tensor | None = None  # (N, L, H, T_new, S)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.src_embed = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.tgt_embed = self.src_embed if c.share_embeddings else nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.register_buffer(
+            "positions", sinusoidal_positions(c.max_positions, c.d_model, c.position_layout), persistent=False
+        )  # (P, D)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.n_encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_decoder_layers))
+        pre = c.norm_placement == "pre"
+        self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if pre else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if pre else nn.Identity()
+        self.output_proj = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_output:
+            self.output_proj.weight = self.tgt_embed.weight
+        if c.final_logits_bias:
+            self.register_buffer("logits_bias", torch.zeros(1, c.vocab_size))  # (1, V), Marian's final_logits_bias
+        else:
+            self.logits_bias = None
+        self.scale = embedding_scale(c)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        d = self.config.d_model
+        nn.init.normal_(self.src_embed.weight, 0.0, d**-0.5)
+        if not self.config.share_embeddings:
+            nn.init.normal_(self.tgt_embed.weight, 0.0, d**-0.5)
+        with torch.no_grad():
+            self.src_embed.weight[self.config.pad_id].zero_()
+            self.tgt_embed.weight[self.config.pad_id].zero_()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- embeddings ---------------------------------------------------------------------------
+    def _embed(self, table: nn.Embedding, ids: Tensor, offset: int = 0) -> Tensor:
+        """ids: (B, T) -> scaled token embeddings + sinusoidal positions offset..offset+T, (B, T, D)."""
+        t = ids.size(1)
+        if offset + t > self.config.max_positions:
+            raise ValueError(f"sequence of {offset + t} positions exceeds max_positions={self.config.max_positions}")
+        x = table(ids) * self.scale + self.positions[offset : offset + t]  # (B, T, D)
+        return F.dropout(x, self.config.dropout, self.training)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Final linear layer: (…, D) -> (…, V). Softmax is applied by the caller (loss or search)."""
+        out = self.output_proj(h)
+        return out if self.logits_bias is None else out + self.logits_bias
+
+    # -- encoder ------------------------------------------------------------------------------
+    def encode(self, src: Tensor, need_weights: bool = False) -> EncoderOutput:
+        """src: (B, S) token ids, padded with pad_id. Returns memory (B, S, D) and optionally
+        the encoder self-attention of every layer stacked as (B, L, H, S, S)."""
+        source_mask = src.ne(self.config.pad_id)  # (B, S)
+        mask = source_mask[:, None, None, :]  # (B, 1, 1, S)
+        x = self._embed(self.src_embed, src)
+        weights = []
+        for layer in self.encoder_layers:
+            x, w = layer(x, mask, need_weights)
+            weights.append(w)
+        x = self.encoder_norm(x)
+        stacked = torch.stack(weights, dim=1) if need_weights else None  # (B, L, H, S, S)
+        return EncoderOutput(x, source_mask, stacked)
+
+    # -- incremental decoder --------------------------------------------------------------------
+    def start_cache(self, encoded: EncoderOutput, capacity: int) -> KVCache:
+        """Compute the cross-attention keys/values once and allocate self-attention buffers."""
+        cross = [layer.cross_attn.project_key_value(encoded.memory) for layer in self.decoder_layers]
+        return KVCache.create(cross, encoded.source_mask, capacity)
+
+    def decode_step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> StepOutput:
+        """tokens: (N, T_new) the next decoder inputs (usually T_new = 1; a forced prefix feeds
+        several at once). Returns logits (N, T_new, V) and, on the capture path, the self-attention
+        (N, L, H, T_new, T_past+T_new) and cross-attention (N, L, H, T_new, S) of the new positions."""
+        x = self._embed(self.tgt_embed, tokens, offset=cache.length)  # (N, T_new, D)
+        self_ws, cross_ws = [], []
+        for i, layer in enumerate(self.decoder_layers):
+            x, sw, cw = layer.step(x, cache, i, need_weights)
+            self_ws.append(sw)
+            cross_ws.append(cw)
+        cache.advance(tokens.size(1))
+        logits = self.logits(self.decoder_norm(x))  # (N, T_new, V)
+        if not need_weights:
+            return StepOutput(logits)
+        return StepOutput(logits, torch.stack(self_ws, 1), torch.stack(cross_ws, 1))
+
+    # -- teacher forcing ----------------------------------------------------------------------
+    def decode(
+        self, tgt_in: Tensor, encoded: EncoderOutput, need_weights: bool = False
+    ) -> StepOutput:
+        """Full teacher-forced decoder pass. tgt_in: (B, T) starting with decoder_start_id."""
+        x = self._embed(self.tgt_embed, tgt_in)  # (B, T, D)
+        mask = encoded.source_mask[:, None, None, :]  # (B, 1, 1, S)
+        self_ws, cross_ws = [], []
+        for layer in self.decoder_layers:
+            x, sw, cw = layer(x, encoded.memory, mask, need_weights)
+            self_ws.append(sw)
+            cross_ws.append(cw)
+        logits = self.logits(self.decoder_norm(x))  # (B, T, V)
+        if not need_weights:
+            return StepOutput(logits)
+        return StepOutput(logits, torch.stack(self_ws, 1), torch.stack(cross_ws, 1))
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Training: src (B, S), tgt_in (B, T) -> logits (B, T, V)."""
+        return self.decode(tgt_in, self.encode(src)).logits

@@ -1,0 +1,330 @@
+"""Decoding strategies: greedy, beam search and sampling, as one step loop.
+
+The model offers `encode`, `start_cache` and `decode_step`; this module owns the
+loop. Every strategy is a beam of K rows per sentence (K = 1 for greedy and
+sampling), so one code path handles batching, a forced target prefix, the
+top-k alternatives at every position and attention capture.
+
+History is kept as per-step records indexed by the row that produced them plus
+a back-pointer (parent row) per step, as in fairseq: a finished hypothesis is
+traced back through its ancestry, so the attention it carries is exactly the
+attention computed while generating *its* tokens (no second forced pass).
+
+`search()` is a generator: it yields a `SearchStep` after every decoding step
+(the best partial hypothesis of each sentence, so a UI can show it growing) and
+finally one `SearchDone`. Stop iterating to cancel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import DecodeConfig
+from .model import Transformer
+
+
+@dataclass
+class Hypothesis:
+    """One finished (or length-capped) hypothesis, still as tensors/lists (torch side)."""
+
+    tokens: list[int]  # target ids, forced prefix included, EOS last when finished
+    token_logprobs: list[float]  # log p(token | prefix, source) under the model (temperature 1)
+    alt_ids: Tensor  # (T, k) the k most probable ids at each position
+    alt_logprobs: Tensor  # (T, k)
+    logprob: float  # sum of token_logprobs
+    score: float  # logprob / GNMT length penalty (beam) or logprob
+    finished: bool  # ended with EOS (False: stopped by the length limit)
+    cross_attention: Tensor | None = None  # (L, H, T, S_real)
+    self_attention: Tensor | None = None  # (L, H, T, T) rows = output positions, cols = decoder inputs
+
+
+@dataclass
+class SearchStep:
+    step: int  # decoder steps taken so far
+    partial: list[list[int]]  # per sentence, the ids of its current best hypothesis
+
+
+@dataclass
+class SearchDone:
+    hypotheses: list[list[Hypothesis]]  # per sentence, n-best (best first)
+    encoder_attention: list[Tensor] | None = None  # per sentence (L, H, S_real, S_real)
+    steps: int = 0
+
+
+@dataclass
+class _History:
+    """Decoding history.
+
+    Records of position p are indexed by the row that computed the distribution
+    at p ("pre-selection" rows). Selection at p creates the rows of p+1: row r'
+    came from parent[p][r'] by appending token[p][r'] with log-prob chosen_lp[p][r'].
+    """
+
+    alt_ids: list[Tensor] = field(default_factory=list)  # per p: (N, k)
+    alt_lp: list[Tensor] = field(default_factory=list)  # per p: (N, k)
+    cross: list[Tensor] = field(default_factory=list)  # per p: (N, L, H, S)
+    self_: list[Tensor] = field(default_factory=list)  # per p: (N, L, H, p+1)
+    parent: list[Tensor] = field(default_factory=list)  # per p: (N,)
+    token: list[Tensor] = field(default_factory=list)  # per p: (N,)
+    chosen_lp: list[Tensor] = field(default_factory=list)  # per p: (N,)
+
+
+@dataclass(frozen=True)
+class _Final:
+    score: float
+    position: int  # position of the last token
+    row: int  # row (pre-selection) that computed the last token's distribution
+    token: int
+    token_lp: float
+    eos: bool
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty lp(Y) = ((5 + |Y|) / 6) ** alpha."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def _banned_ids(model: Transformer) -> list[int]:
+    c = model.config
+    return sorted({c.pad_id, c.decoder_start_id, c.bos_id} - {c.eos_id})
+
+
+def _filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Top-k then nucleus (top-p) filtering on (N, V) logits; removed entries become -inf."""
+    if top_k > 0:
+        k = min(top_k, logits.size(-1))
+        kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        cumulative = probs.cumsum(-1)
+        remove = cumulative - probs > top_p  # keep the smallest set whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+@torch.inference_mode()
+def search(
+    model: Transformer,
+    src: Tensor,
+    config: DecodeConfig,
+    prefix: list[int] | None = None,
+    need_weights: bool = False,
+) -> Iterator[SearchStep | SearchDone]:
+    """Decode a batch of sources.
+
+    src: (B, S) ids padded with pad_id (each row ends with EOS before padding).
+    prefix: target ids forced at the start of every sentence's translation.
+    need_weights: capture cross / decoder-self / encoder-self attention.
+    """
+    mc = model.config
+    device = src.device
+    b = src.size(0)
+    k_beam = config.beam_size if config.strategy == "beam" else 1
+    n = b * k_beam
+    prefix = list(prefix or [])
+    n_alt = config.n_alternatives
+    src_len = src.ne(mc.pad_id).sum(1)  # (B,)
+    max_new = [config.max_length(int(s), mc.max_positions) for s in src_len.tolist()]
+    max_steps = max(max_new)
+    capacity = min(mc.max_positions, len(prefix) + max_steps + 1)
+    if len(prefix) + 1 > capacity:
+        raise ValueError(f"forced prefix of {len(prefix)} tokens does not fit the model's {mc.max_positions} positions")
+
+    encoded = model.encode(src, need_weights=need_weights)
+    if k_beam > 1:
+        encoded.memory = encoded.memory.repeat_interleave(k_beam, 0)  # (N, S, D)
+        encoded.source_mask = encoded.source_mask.repeat_interleave(k_beam, 0)  # (N, S)
+    cache = model.start_cache(encoded, capacity)
+    banned = _banned_ids(model)
+    hist = _History()
+    sentence_of_row = torch.arange(n, device=device) // k_beam  # (N,)
+    generators = None
+    if config.strategy == "sample":
+        generators = [torch.Generator(device="cpu").manual_seed(config.seed if config.seed is not None else torch.seed()) for _ in range(b)]
+
+    # Beam scores: only the first beam of each sentence is live until the first free step.
+    beam_scores = torch.zeros(b, k_beam, device=device)
+    beam_scores[:, 1:] = float("-inf")
+    beam_scores = beam_scores.view(n)  # (N,)
+    seq = torch.empty(n, 0, dtype=torch.long, device=device)  # tokens of each live row
+    finished: list[list[_Final]] = [[] for _ in range(b)]
+    done = [False] * b
+    row_done = torch.zeros(n, dtype=torch.bool, device=device)  # greedy/sampling rows that emitted EOS
+
+    def record(out, t_index: int, logp: Tensor) -> None:
+        alt_lp, alt_ids = torch.topk(logp, min(n_alt, logp.size(-1)), dim=-1)  # (N, k)
+        hist.alt_ids.append(alt_ids)
+        hist.alt_lp.append(alt_lp)
+        if need_weights:
+            t_new = out.logits.size(1)
+            hist.cross.append(out.cross_attention[:, :, :, t_index])  # (N, L, H, S)
+            keys = cache.length - (t_new - 1 - t_index)
+            hist.self_.append(out.self_attention[:, :, :, t_index, :keys])  # (N, L, H, p+1)
+
+    def select(parent: Tensor, token: Tensor, logp: Tensor) -> None:
+        hist.parent.append(parent)
+        hist.token.append(token)
+        hist.chosen_lp.append(logp[parent, token])
+
+    # -- forced prefix (and the first step): feed [start, p1..pP] at once -------------------------
+    inputs = torch.tensor([[mc.decoder_start_id] + prefix], device=device).expand(n, -1)  # (N, P+1)
+    out = model.decode_step(inputs, cache, need_weights)
+    logp_all = F.log_softmax(out.logits.float(), dim=-1)  # (N, P+1, V)
+    identity = torch.arange(n, device=device)
+    for j, tok in enumerate(prefix):
+        record(out, j, logp_all[:, j])
+        tok_t = torch.full((n,), tok, dtype=torch.long, device=device)
+        select(identity, tok_t, logp_all[:, j])
+        beam_scores = beam_scores + hist.chosen_lp[-1]
+        seq = torch.cat([seq, tok_t[:, None]], 1)
+    raw_logits = out.logits[:, -1].float()  # (N, V)
+    logp = logp_all[:, -1]  # (N, V)
+    record(out, len(prefix), logp)
+
+    step = 0
+    while True:
+        position = len(prefix) + step  # index of the target token chosen now
+        new_len = position + 1  # hypothesis length if it ends here
+        logp_masked = logp.clone()
+        logp_masked[:, banned] = float("-inf")
+        at_limit = [step + 1 >= m for m in max_new]
+
+        if config.strategy == "beam":
+            v = logp.size(-1)
+            cand = (beam_scores[:, None] + logp_masked).view(b, k_beam * v)  # (B, K*V)
+            top_scores, top_idx = torch.topk(cand, 2 * k_beam, dim=-1)  # (B, 2K)
+            top_beam = top_idx // v  # (B, 2K)
+            top_tok = top_idx % v
+            is_eos = top_tok.eq(mc.eos_id)
+            # finished hypotheses: EOS among the first K candidates
+            for si, ri in (is_eos[:, :k_beam] & torch.isfinite(top_scores[:, :k_beam])).nonzero().tolist():
+                if done[si]:
+                    continue
+                row = si * k_beam + int(top_beam[si, ri])
+                s = float(top_scores[si, ri]) / length_penalty(new_len, config.length_penalty)
+                finished[si].append(_Final(s, position, row, mc.eos_id, float(logp[row, mc.eos_id]), True))
+            # next live beams: the best K non-EOS candidates, in score order
+            live_scores, live_rank = torch.topk(top_scores.masked_fill(is_eos, float("-inf")), k_beam, dim=-1)  # (B, K)
+            parent = (torch.arange(b, device=device)[:, None] * k_beam + top_beam.gather(1, live_rank)).view(n)  # (N,)
+            token = top_tok.gather(1, live_rank).view(n)  # (N,)
+            new_scores = live_scores.view(n)
+            for si in range(b):
+                if done[si]:
+                    continue
+                if at_limit[si]:  # length cap: the live beams end here, unfinished
+                    for kk in range(k_beam):
+                        r = si * k_beam + kk
+                        if torch.isfinite(new_scores[r]):
+                            s = float(new_scores[r]) / length_penalty(new_len, config.length_penalty)
+                            pr, tk = int(parent[r]), int(token[r])
+                            finished[si].append(_Final(s, position, pr, tk, float(logp[pr, tk]), False))
+                    done[si] = True
+                    continue
+                finished[si].sort(key=lambda f: -f.score)
+                del finished[si][k_beam:]
+                if len(finished[si]) >= k_beam:
+                    if config.early_stopping:
+                        done[si] = True
+                    else:
+                        # best score any live beam can still reach (exact for alpha >= 0)
+                        best_live = float(new_scores[si * k_beam])
+                        bound_len = max_new[si] + len(prefix) if config.length_penalty > 0 else new_len
+                        bound = best_live / length_penalty(bound_len, config.length_penalty)
+                        done[si] = bound <= finished[si][-1].score
+        else:
+            if config.strategy == "greedy":
+                token = logp_masked.argmax(-1)  # (N,)
+            else:
+                filt = _filter_logits(raw_logits / config.temperature, config.top_k, config.top_p)
+                filt[:, banned] = float("-inf")
+                probs = filt.softmax(-1).cpu()
+                token = torch.stack(
+                    [torch.multinomial(probs[r], 1, generator=generators[r]).squeeze(0) for r in range(n)]
+                ).to(device)
+            token = torch.where(row_done, torch.full_like(token, mc.pad_id), token)
+            parent = identity
+            chosen = logp.gather(1, token[:, None]).squeeze(1)  # (N,)
+            new_scores = beam_scores + torch.where(row_done, torch.zeros_like(chosen), chosen)
+            for r in range(n):
+                if done[r]:
+                    continue
+                eos = int(token[r]) == mc.eos_id
+                if eos or at_limit[r]:
+                    finished[r].append(_Final(float(new_scores[r]), position, r, int(token[r]), float(chosen[r]), eos))
+                    done[r] = True
+            row_done = torch.tensor(done, device=device)
+
+        select(parent, token, logp)
+        beam_scores = new_scores
+        seq = torch.cat([seq.index_select(0, parent), token[:, None]], 1)  # (N, t+1)
+        step += 1
+
+        if all(done):
+            break
+        yield SearchStep(step, [seq[si * k_beam].tolist() for si in range(b)])
+
+        if config.strategy == "beam":
+            cache.reorder(parent, same_source=True)
+        out = model.decode_step(token[:, None], cache, need_weights)
+        raw_logits = out.logits[:, -1].float()
+        logp = F.log_softmax(raw_logits, dim=-1)  # (N, V)
+        record(out, 0, logp)
+
+    hyps = [
+        [_trace(hist, f, need_weights, int(src_len[si])) for f in sorted(finished[si], key=lambda f: -f.score)[: config.top_beams]]
+        for si in range(b)
+    ]
+    enc_attn = None
+    if need_weights:
+        enc_attn = [encoded.self_attention[si, :, :, : int(src_len[si]), : int(src_len[si])] for si in range(b)]
+    yield SearchDone(hyps, enc_attn, step)
+
+
+def _trace(hist: _History, final: _Final, need_weights: bool, s_real: int) -> Hypothesis:
+    """Follow the back-pointers from the last token to the first and gather each position's records."""
+    tokens, lps, alt_i, alt_l, cross, self_ = [], [], [], [], [], []
+    r, tok, lp = final.row, final.token, final.token_lp
+    for p in range(final.position, -1, -1):
+        tokens.append(tok)
+        lps.append(lp)
+        alt_i.append(hist.alt_ids[p][r])
+        alt_l.append(hist.alt_lp[p][r])
+        if need_weights:
+            cross.append(hist.cross[p][r, :, :, :s_real])  # (L, H, S_real)
+            self_.append(hist.self_[p][r])  # (L, H, p+1)
+        if p > 0:
+            # row r at position p was created by the selection at p-1
+            tok = int(hist.token[p - 1][r])
+            lp = float(hist.chosen_lp[p - 1][r])
+            r = int(hist.parent[p - 1][r])
+    tokens.reverse()
+    lps.reverse()
+    return Hypothesis(
+        tokens=tokens,
+        token_logprobs=lps,
+        alt_ids=torch.stack(alt_i[::-1]),
+        alt_logprobs=torch.stack(alt_l[::-1]),
+        logprob=float(sum(lps)),
+        score=final.score,
+        finished=final.eos,
+        cross_attention=torch.stack(cross[::-1], dim=2) if need_weights else None,  # (L, H, T, S)
+        self_attention=_stack_self(self_[::-1]) if need_weights else None,
+    )
+
+
+def _stack_self(rows: list[Tensor]) -> Tensor:
+    """Rows of growing width p+1 -> (L, H, T, T) with future positions exactly 0."""
+    t = len(rows)
+    l, h, _ = rows[0].shape
+    out = rows[0].new_zeros(l, h, t, t)
+    for i, r in enumerate(rows):
+        out[:, :, i, : r.size(-1)] = r
+    return out

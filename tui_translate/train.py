@@ -1,0 +1,366 @@
+"""Training: tokenizer, token-count batches, label-smoothed loss, Adam with warmup + inverse-sqrt
+decay, periodic validation (loss, BLEU, chrF), atomic resumable checkpoints, averaging of the last
+checkpoints, early stopping; data-parallel through torch.distributed (run under torchrun).
+
+Layout of a run directory (outside the work tree, e.g. ~/.cache/tui-translate/runs/fr-en):
+    train.json            the TrainConfig
+    tokenizer.json        trained (or copied) tokenizer
+    data-*.npz            encoded training / validation pairs (cache)
+    metrics.jsonl         one JSON object per log line / evaluation
+    checkpoints/step-NNNNNNN/{model.safetensors, optim.safetensors, state.json}
+    model/                final model directory (average of the last checkpoints)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+
+from .atomic import replace_dir, write_text
+from .checkpoint import save_model_dir, unique_state_dict
+from .config import DecodeConfig, ModelConfig, TrainConfig
+from .data import EncodedPairs, collate, read_pairs, token_batches
+from .evaluate import evaluate_pairs
+from .model import Transformer
+from .tokenizer import Tokenizer, iter_tsv_texts, train_tokenizer
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Join the process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    return Dist(rank, world, dev)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then decay with the inverse square root of the step (the paper's schedule, rescaled)."""
+    step = max(step, 1)
+    return cfg.lr * min(step / cfg.warmup_steps, math.sqrt(cfg.warmup_steps / step))
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int, smoothing: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Returns (sum of smoothed loss, sum of NLL, number of non-pad tokens)."""
+    v = logits.size(-1)
+    flat = logits.reshape(-1, v).float()
+    tgt = target.reshape(-1)
+    loss = F.cross_entropy(flat, tgt, ignore_index=pad_id, label_smoothing=smoothing, reduction="sum")
+    with torch.no_grad():
+        nll = F.cross_entropy(flat, tgt, ignore_index=pad_id, reduction="sum")
+    return loss, nll, int(tgt.ne(pad_id).sum())
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def checkpoint_dirs(out_dir: Path) -> list[Path]:
+    root = out_dir / "checkpoints"
+    if not root.exists():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), key=lambda p: p.name)
+
+
+def save_checkpoint(out_dir: Path, model: Transformer, opt: torch.optim.Optimizer, state: dict, keep_last: int) -> Path:
+    step = state["step"]
+    dest = out_dir / "checkpoints" / f"step-{step:07d}"
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def build(tmp: Path) -> None:
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in unique_state_dict(model).items()}, str(tmp / "model.safetensors"))
+        opt_tensors = {"rng.torch": torch.get_rng_state()}
+        for group in opt.param_groups:
+            for p in group["params"]:
+                st = opt.state.get(p)
+                if st:
+                    opt_tensors[f"exp_avg.{names[id(p)]}"] = st["exp_avg"].detach().cpu().contiguous()
+                    opt_tensors[f"exp_avg_sq.{names[id(p)]}"] = st["exp_avg_sq"].detach().cpu().contiguous()
+        save_file(opt_tensors, str(tmp / "optim.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+
+    replace_dir(build, dest)
+    for old in checkpoint_dirs(out_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def load_checkpoint(path: Path, model: Transformer, opt: torch.optim.Optimizer | None) -> dict:
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(str(path / "model.safetensors"))
+    missing = set(unique_state_dict(model)) - set(weights)
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {sorted(missing)[:3]}")
+    model.load_state_dict(weights, strict=False)
+    if opt is not None:
+        tensors = load_file(str(path / "optim.safetensors"))
+        for name, p in model.named_parameters():
+            key = f"exp_avg.{name}"
+            if key in tensors:
+                opt.state[p] = {
+                    "step": torch.tensor(float(state["step"])),
+                    "exp_avg": tensors[key].to(p.device),
+                    "exp_avg_sq": tensors[f"exp_avg_sq.{name}"].to(p.device),
+                }
+        torch.set_rng_state(tensors["rng.torch"])
+    return state
+
+
+def latest_good_checkpoint(out_dir: Path, model: Transformer, opt, console: Console) -> dict | None:
+    """Load the newest readable checkpoint; a corrupt one is skipped with a warning."""
+    for path in reversed(checkpoint_dirs(out_dir)):
+        try:
+            return load_checkpoint(path, model, opt)
+        except Exception as e:  # torn / corrupt checkpoint: fall back to the previous one
+            msg = f"checkpoint {path.name} is unreadable ({type(e).__name__}: {str(e)[:120]}); falling back to the previous one"
+            warnings.warn(msg, stacklevel=1)
+            console.print(f"[yellow]warning:[/] {msg}")
+    return None
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+    total: dict[str, torch.Tensor] = {}
+    for p in paths:
+        for k, v in load_file(str(p / "model.safetensors")).items():
+            total[k] = total[k] + v.double() if k in total else v.double()
+    return {k: (v / len(paths)).float() for k, v in total.items()}
+
+
+# -- the run --------------------------------------------------------------------------------------
+def prepare_tokenizer(cfg: TrainConfig, out_dir: Path, d: Dist) -> Tokenizer:
+    path = out_dir / "tokenizer.json"
+    if d.main and not path.exists():
+        if cfg.tokenizer:
+            shutil.copyfile(cfg.tokenizer, path)
+        else:
+            tok = train_tokenizer(iter_tsv_texts(cfg.train), cfg.vocab_size)
+            write_text(path, tok.to_str())
+    if d.world > 1:
+        dist.barrier()
+    return Tokenizer.from_file(path)
+
+
+def prepare_data(cfg: TrainConfig, out_dir: Path, tok: Tokenizer, d: Dist) -> tuple[EncodedPairs, list[tuple[str, str]]]:
+    cache = out_dir / f"data-{cfg.direction}-{cfg.max_len}-{cfg.limit_pairs}.npz"
+    if d.main and not cache.exists():
+        EncodedPairs.build(read_pairs(cfg.train, cfg.direction, cfg.limit_pairs), tok, cfg.max_len).save(cache)
+    if d.world > 1:
+        dist.barrier()
+    return EncodedPairs.load(cache), read_pairs(cfg.valid, cfg.direction)
+
+
+def build_model_config(cfg: TrainConfig, tok: Tokenizer) -> ModelConfig:
+    return ModelConfig(vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id,
+                       unk_id=tok.unk_id, decoder_start_id=tok.bos_id, **cfg.model)
+
+
+def validation_loss(model: Transformer, data: EncodedPairs, cfg: TrainConfig, device) -> float:
+    model.eval()
+    nll_sum, n_tok = 0.0, 0
+    with torch.inference_mode():
+        for idx in token_batches(data, cfg.max_tokens * 2, 0, 0, shuffle=False):
+            src, tin, tout = (t.to(device) for t in collate(data, idx, model.config.pad_id, model.config.decoder_start_id))
+            _, nll, n = label_smoothed_loss(model(src, tin), tout, model.config.pad_id, 0.0)
+            nll_sum += float(nll)
+            n_tok += n
+    model.train()
+    return nll_sum / max(n_tok, 1)
+
+
+def export_run(out_dir: str | Path, console: Console | None = None) -> Path:
+    """Average the newest checkpoints of a run (finished or not) into DIR/model."""
+    console = console or Console(stderr=True)
+    out_dir = Path(out_dir).expanduser()
+    cfg = TrainConfig.from_dict(json.loads((out_dir / "train.json").read_text()))
+    tok = Tokenizer.from_file(out_dir / "tokenizer.json")
+    model = Transformer(build_model_config(cfg, tok))
+    paths = checkpoint_dirs(out_dir)
+    if not paths:
+        raise ValueError(f"{out_dir}: no checkpoints to export")
+    state = json.loads((paths[-1] / "state.json").read_text())
+    return export_average(out_dir, model, tok, cfg, state, model.num_parameters(), console)
+
+
+def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None, device: str = "auto", stop_after: int = 0) -> Path:
+    """Run (or resume) training; returns the final model directory. stop_after>0 stops after that many
+    steps in this invocation (used by tests to simulate an interruption)."""
+    console = console or Console(stderr=True)
+    d = setup_distributed(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out_dir = Path(cfg.out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg_file = out_dir / "train.json"
+    if d.main:
+        if resume and cfg_file.exists():
+            saved = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
+            if saved.model != cfg.model or saved.direction != cfg.direction:
+                raise ValueError(f"{cfg_file}: --resume with a different model or direction than the saved run")
+        write_text(cfg_file, json.dumps(cfg.to_dict(), indent=2))
+
+    torch.manual_seed(cfg.seed)
+    tok = prepare_tokenizer(cfg, out_dir, d)
+    data, valid_pairs = prepare_data(cfg, out_dir, tok, d)
+    valid_data = EncodedPairs.build(valid_pairs, tok)
+    mcfg = build_model_config(cfg, tok)
+    model = Transformer(mcfg).to(d.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-9, weight_decay=cfg.weight_decay)
+
+    state = {"step": 0, "epoch": 0, "batch": 0, "best_val": None, "bad_evals": 0, "tokens": 0, "elapsed": 0.0}
+    if resume:
+        loaded = latest_good_checkpoint(out_dir, model, opt, console)
+        if loaded is not None:
+            state.update({k: loaded[k] for k in state if k in loaded})
+            if d.main:
+                console.print(f"resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
+    elif d.main and checkpoint_dirs(out_dir):
+        raise ValueError(f"{out_dir} already has checkpoints: pass --resume to continue, or choose another --out")
+    if d.world > 1:  # identical start on every rank
+        for p in model.parameters():
+            dist.broadcast(p.data, 0)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+
+    metrics_path = out_dir / "metrics.jsonl"
+    eval_pairs = valid_pairs[: cfg.eval_sentences]
+    n_params = model.num_parameters()
+    if d.main:
+        console.print(f"model: {n_params / 1e6:.2f}M parameters, {mcfg.n_encoder_layers}+{mcfg.n_decoder_layers} layers, "
+                      f"d_model={mcfg.d_model}, heads={mcfg.n_heads}; {len(data)} training pairs; world size {d.world}")
+
+    def log(entry: dict) -> None:
+        if d.main:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not (d.main and console.is_terminal),
+    )
+    model.train()
+    stop = False
+    started_at = state["step"]
+    window_loss, window_tok, window_t = 0.0, 0, time.perf_counter()
+    run_start = time.perf_counter() - state["elapsed"]
+    with progress:
+        task = progress.add_task(f"train {cfg.direction}", total=cfg.max_steps, completed=state["step"], loss=float("nan"), tps=0.0)
+        while not stop and state["epoch"] < cfg.max_epochs:
+            batches = token_batches(data, cfg.max_tokens, cfg.seed, state["epoch"])
+            batches = batches[: len(batches) - len(batches) % d.world] if d.world > 1 else batches
+            mine = batches[d.rank :: d.world]
+            while state["batch"] < len(mine):
+                idx = mine[state["batch"]]
+                src, tin, tout = (t.to(d.device) for t in collate(data, idx, mcfg.pad_id, mcfg.decoder_start_id))
+                lr = lr_at(state["step"] + 1, cfg)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+                    logits = ddp(src, tin)
+                loss_sum, nll, n_tok = label_smoothed_loss(logits, tout, mcfg.pad_id, cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                (loss_sum / max(n_tok, 1)).backward()
+                if cfg.clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                opt.step()
+                state["step"] += 1
+                state["batch"] += 1
+                batch_tokens = int(src.ne(mcfg.pad_id).sum()) + n_tok
+                state["tokens"] += batch_tokens * d.world
+                window_loss += float(nll)
+                window_tok += n_tok
+                step = state["step"]
+                if step % 50 == 0 or step == cfg.max_steps:
+                    now = time.perf_counter()
+                    tps = window_tok * 2 * d.world / max(now - window_t, 1e-9)  # approx source+target tokens/s
+                    entry = {"step": step, "epoch": state["epoch"], "loss": window_loss / max(window_tok, 1), "lr": lr,
+                             "tokens_per_s": round(tps, 1), "elapsed_s": round(now - run_start, 1)}
+                    log(entry)
+                    progress.update(task, completed=step, loss=entry["loss"], tps=tps)
+                    if d.main and not console.is_terminal:
+                        eta = (cfg.max_steps - step) * (now - run_start) / max(step - started_at, 1) if step > started_at else 0
+                        console.print(f"step {step}/{cfg.max_steps} epoch {state['epoch']} loss {entry['loss']:.3f} "
+                                      f"lr {lr:.2e} {tps:,.0f} tok/s elapsed {entry['elapsed_s']:.0f}s eta {eta/60:.0f}min")
+                    window_loss, window_tok, window_t = 0.0, 0, now
+                if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                    if d.main:
+                        stop = _evaluate(model, tok, valid_data, eval_pairs, cfg, state, d, console, log, step)
+                    if d.world > 1:
+                        flag = torch.tensor([1 if stop else 0])
+                        dist.broadcast(flag, 0)
+                        stop = bool(flag.item())
+                if step % cfg.save_every == 0 or step >= cfg.max_steps or stop:
+                    state["elapsed"] = time.perf_counter() - run_start
+                    if d.main:
+                        save_checkpoint(out_dir, model, opt, state, cfg.keep_last)
+                    if d.world > 1:
+                        dist.barrier()
+                if step >= cfg.max_steps or stop or (stop_after and step - started_at >= stop_after):
+                    stop = True
+                    break
+            else:
+                state["epoch"] += 1
+                state["batch"] = 0
+    final = out_dir / "model"
+    if d.main and not (stop_after and state["step"] < cfg.max_steps and state["step"] - started_at >= stop_after):
+        export_average(out_dir, model, tok, cfg, state, n_params, console)
+    if d.world > 1:
+        dist.barrier()
+    return final
+
+
+def _evaluate(model, tok, valid_data, eval_pairs, cfg, state, d, console, log, step) -> bool:
+    val = validation_loss(model, valid_data, cfg, d.device)
+    scores, _ = evaluate_pairs(model, tok, eval_pairs, DecodeConfig(strategy="greedy"), batch_size=64)
+    model.train()
+    improved = state["best_val"] is None or val < state["best_val"]
+    state["best_val"] = val if improved else state["best_val"]
+    state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
+    log({"step": step, "val_loss": round(val, 4), "val_ppl": round(math.exp(val), 2), "bleu": round(scores.bleu, 2),
+         "chrf": round(scores.chrf, 2), "eval_sentences": len(eval_pairs)})
+    console.print(f"[bold]eval[/] step {step}: val loss {val:.3f} (ppl {math.exp(val):.1f}), "
+                  f"BLEU {scores.bleu:.1f}, chrF {scores.chrf:.1f} on {len(eval_pairs)} sentences"
+                  + ("" if improved else f" (no improvement, {state['bad_evals']}/{cfg.patience})"))
+    return state["bad_evals"] >= cfg.patience
+
+
+def export_average(out_dir: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, state: dict, n_params: int, console: Console) -> Path:
+    """Average the last checkpoints into model/ (fp32 weights; `tui-translate` loads any float dtype)."""
+    paths = checkpoint_dirs(out_dir)[-cfg.average_last :]
+    if paths:
+        avg = average_checkpoints(paths)
+        model.load_state_dict(avg, strict=False)
+    meta = {"name": cfg.direction, "source_lang": cfg.source_lang, "target_lang": cfg.target_lang,
+            "trained_steps": state["step"], "averaged_checkpoints": [p.name for p in paths],
+            "parameters": n_params, "training_seconds": round(state.get("elapsed", 0.0), 1)}
+    dest = save_model_dir(out_dir / "model", model, tok, card=f"# {cfg.direction} (run {out_dir})\n", meta=meta)
+    console.print(f"wrote {dest} (average of {len(paths)} checkpoints)")
+    return dest
