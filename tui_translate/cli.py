@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "translate":
-            from .commands_translate import run_translate
+            from .oneshot import run_translate
 
             return run_translate(args)
         if args.command == "train":

@@ -8,4 +8,4 @@ def is_user_error(e: BaseException) -> bool:
     from .config import ConfigError
     from .data import DataError
 
-    return isinstance(e, (ModelLoadError, ConfigError, DataError, FileNotFoundError, IsADirectoryError, PermissionError))
+    return isinstance(e, (ModelLoadError, ConfigError, DataError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError))

@@ -329,12 +329,27 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
             else:
                 state["epoch"] += 1
                 state["batch"] = 0
+    if d.world > 1:
+        drift = ddp_weight_drift(model)
+        log({"step": state["step"], "ddp_world_size": d.world, "ddp_max_weight_diff": drift})
+        if d.main:
+            console.print(f"data-parallel check: max weight difference across {d.world} processes = {drift:g}")
     final = out_dir / "model"
     if d.main and not (stop_after and state["step"] < cfg.max_steps and state["step"] - started_at >= stop_after):
         export_average(out_dir, model, tok, cfg, state, n_params, console)
     if d.world > 1:
         dist.barrier()
     return final
+
+
+def ddp_weight_drift(model: Transformer) -> float:
+    """Largest absolute difference between this process's weights and rank 0's, over all ranks."""
+    flat = torch.cat([p.detach().reshape(-1).float().cpu() for p in model.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, 0)
+    drift = torch.tensor([float((flat - reference).abs().max())])
+    dist.all_reduce(drift, op=dist.ReduceOp.MAX)
+    return float(drift)
 
 
 def _evaluate(model, tok, valid_data, eval_pairs, cfg, state, d, console, log, step) -> bool:

@@ -1,0 +1,91 @@
+"""The one-shot CLI through the real entry point (`python -m tui_translate`, the console script's target)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tui_translate.cli import build_parser
+from tui_translate.config import DecodeConfig
+
+
+def cli(*args, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="120", PYTHONIOENCODING="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "tui_translate", *args], input=stdin, capture_output=True, env=env, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
+def test_translate_argument(model_dir, translator):
+    out = cli("translate", "--model", str(model_dir), "je suis étudiant").stdout.decode()
+    assert out == translator.translate("je suis étudiant").text + "\n"
+
+
+def test_stdin_one_line_per_input_line(model_dir, translator):
+    lines = ["le chat dort", "", "je suis étudiant", "   ", "il est petit"]
+    data = ("\n".join(lines) + "\n").encode()
+    out = cli("translate", "--model", str(model_dir), "--batch-size", "2", stdin=data).stdout.decode().split("\n")
+    assert out[-1] == "" and len(out) - 1 == len(lines)
+    for line, got in zip(lines, out):
+        assert got == (translator.translate(line).text if line.strip() else "")
+
+
+def test_invalid_utf8_is_reported_and_the_rest_translates(model_dir, translator):
+    data = "le chat dort\n".encode() + b"\xff\xfe oops\n" + "il est petit\n".encode()
+    proc = cli("translate", "--model", str(model_dir), stdin=data)
+    out = proc.stdout.decode().split("\n")
+    assert out[:3] == [translator.translate("le chat dort").text, "", translator.translate("il est petit").text]
+    assert "line 2" in proc.stderr.decode() and "UTF-8" in proc.stderr.decode()
+
+
+def test_json_output_with_attention_and_nbest(model_dir, translator):
+    proc = cli("translate", "--model", str(model_dir), "--json", "--attention", "--strategy", "beam", "--beam-size", "4",
+               "--nbest", "3", "le chat dort")
+    obj = json.loads(proc.stdout)
+    expected = translator.translate("le chat dort", DecodeConfig(strategy="beam", beam_size=4, top_beams=3))
+    assert obj["translation"] == expected.text
+    assert len(obj["hypotheses"]) == 3
+    best = obj["hypotheses"][0]
+    assert len(best["tokens"]) == len(best["token_probs"]) == len(best["alternatives"])
+    cross = best["attention"]["cross"]
+    assert len(cross) == translator.config.n_decoder_layers and len(cross[0]) == translator.config.n_heads
+    assert len(cross[0][0]) == len(best["tokens"]) and len(cross[0][0][0]) == len(obj["source_tokens"])
+    assert obj["source_offsets"][0] == [0, 2]
+
+
+def test_attention_heatmap(model_dir):
+    out = cli("translate", "--model", str(model_dir), "--attention", "--layer", "1", "--head", "0", "le chat dort").stdout.decode()
+    assert "cross-attention (layer 1, head 0)" in out
+    assert "le" in out and "·hat" in out and "</s>" in out
+
+
+def test_sampling_seed_flag_is_reproducible(model_dir):
+    a = cli("translate", "--model", str(model_dir), "--strategy", "sample", "--temperature", "1.5", "--seed", "4", "le chat dort").stdout
+    b = cli("translate", "--model", str(model_dir), "--strategy", "sample", "--temperature", "1.5", "--seed", "4", "le chat dort").stdout
+    assert a == b
+
+
+def test_bad_flag_value_is_one_line(model_dir):
+    proc = cli("translate", "--model", str(model_dir), "--layer", "9", "x", check=False)
+    assert proc.returncode == 2 and proc.stderr.decode().count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [[], ["translate"], ["train"], ["eval"], ["app"]])
+def test_help_is_complete(command):
+    proc = cli(*command, "--help")
+    text = proc.stdout.decode()
+    assert "usage: tui-translate" in text
+    parser = build_parser()
+    if command:  # every option of the subcommand is documented in its help
+        sub = parser._subparsers._group_actions[0].choices[command[0]]
+        for action in sub._actions:
+            for opt in action.option_strings:
+                assert opt in text
+    else:
+        for name in ("translate", "train", "eval", "app"):
+            assert name in text

@@ -1,0 +1,88 @@
+"""Model oracles: cached == uncached, capture path == fast path, masks and probabilities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tui_translate.attention import attention_probabilities
+from tui_translate.layers import sinusoidal_positions
+from tests.conftest import make_model
+
+
+def _batch(model):
+    src = torch.tensor([[5, 6, 7, 8, 9, 2], [10, 11, 2, 0, 0, 0]])
+    tgt = torch.tensor([[1, 12, 13, 14, 15, 16, 17], [1, 18, 19, 20, 21, 22, 23]])
+    return src, tgt
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("layout", ["interleaved", "split"])
+def test_cached_decoding_equals_full_forward(tokenizer, norm, layout):
+    model = make_model(tokenizer, norm_placement=norm, position_layout=layout, final_logits_bias=True)
+    src, tgt = _batch(model)
+    with torch.no_grad():
+        full = model(src, tgt)  # (B, T, V)
+        cache = model.start_cache(model.encode(src), capacity=tgt.size(1))
+        steps = [model.decode_step(tgt[:, i : i + 1], cache).logits for i in range(tgt.size(1))]
+        # a forced block of several tokens followed by single steps must agree too
+        cache2 = model.start_cache(model.encode(src), capacity=tgt.size(1))
+        block = model.decode_step(tgt[:, :4], cache2).logits
+        rest = [model.decode_step(tgt[:, i : i + 1], cache2).logits for i in range(4, tgt.size(1))]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat([block, *rest], 1), full, atol=1e-5, rtol=0)
+
+
+def test_capture_path_equals_fast_path(model):
+    src, tgt = _batch(model)
+    with torch.no_grad():
+        fast = model.decode(tgt, model.encode(src))
+        enc = model.encode(src, need_weights=True)
+        slow = model.decode(tgt, enc, need_weights=True)
+    torch.testing.assert_close(slow.logits, fast.logits, atol=1e-5, rtol=0)
+    L, H = model.config.n_decoder_layers, model.config.n_heads
+    assert slow.cross_attention.shape == (2, L, H, 7, 6)
+    assert slow.self_attention.shape == (2, L, H, 7, 7)
+    assert enc.self_attention.shape == (2, model.config.n_encoder_layers, H, 6, 6)
+
+
+def test_attention_rows_sum_to_one_and_masks_are_exact(model):
+    src, tgt = _batch(model)
+    with torch.no_grad():
+        enc = model.encode(src, need_weights=True)
+        out = model.decode(tgt, enc, need_weights=True)
+    for w in (enc.self_attention, out.self_attention, out.cross_attention):
+        torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)), atol=1e-5, rtol=0)
+    future = torch.ones(7, 7, dtype=torch.bool).triu(1)
+    assert torch.all(out.self_attention[..., future] == 0)  # exactly zero, not just small
+    # padded source positions (row 1 has 3 real tokens) receive exactly zero attention
+    assert torch.all(out.cross_attention[1, ..., 3:] == 0)
+    assert torch.all(enc.self_attention[1, ..., 3:] == 0)
+
+
+def test_padding_does_not_change_results(model):
+    src, tgt = _batch(model)
+    with torch.no_grad():
+        alone = model(src[1:, :3], tgt[1:])
+        padded = model(src[1:], tgt[1:])
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=0)
+
+
+def test_probabilities_stable_for_large_scores():
+    q = torch.full((1, 1, 1, 4), 100.0)
+    k = torch.tensor([[[[100.0] * 4, [0.0] * 4, [-100.0] * 4]]])
+    p = attention_probabilities(q, k, None)
+    assert torch.isfinite(p).all()
+    assert p[0, 0, 0, 0] == pytest.approx(1.0)
+
+
+def test_sinusoid_layouts():
+    pe = sinusoidal_positions(10, 8, "interleaved")
+    split = sinusoidal_positions(10, 8, "split")
+    assert pe[0, 0] == 0 and pe[0, 1] == 1  # sin(0), cos(0)
+    assert torch.allclose(pe[:, 0::2], split[:, :4]) and torch.allclose(pe[:, 1::2], split[:, 4:])
+    assert torch.allclose(pe[3, 2], torch.sin(torch.tensor(3 / 10000 ** (2 / 8))))
+
+
+def test_tied_embeddings(model):
+    assert model.output_proj.weight is model.tgt_embed.weight is model.src_embed.weight

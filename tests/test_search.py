@@ -1,0 +1,143 @@
+"""Search oracles: beam(1) == greedy, batch == single, beam attention == teacher forcing, seeds, prefixes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tui_translate.config import ConfigError, DecodeConfig
+from tui_translate.evaluate import pad_batch
+from tui_translate.search import SearchDone, SearchStep, length_penalty, search
+
+SOURCES = ["je suis étudiant", "le chat dort", "Qu'est-ce que c'est ?", "il est petit et la maison est grande"]
+
+
+def run(model, src, config, **kw) -> SearchDone:
+    events = list(search(model, src, config, **kw))
+    assert isinstance(events[-1], SearchDone)
+    assert all(isinstance(e, SearchStep) for e in events[:-1])
+    return events[-1]
+
+
+def encode(tokenizer, texts):
+    return pad_batch(tokenizer.encode_ids(texts), tokenizer.pad_id)
+
+
+@pytest.mark.parametrize("cfg", [
+    DecodeConfig(strategy="beam", beam_size=1, length_penalty=0.0),
+    DecodeConfig(strategy="beam", beam_size=1, length_penalty=0.6, early_stopping=True),
+])
+def test_beam_size_one_equals_greedy(model, tokenizer, cfg):
+    src = encode(tokenizer, SOURCES)
+    greedy = run(model, src, DecodeConfig(strategy="greedy"))
+    beam = run(model, src, cfg)
+    for g, b in zip(greedy.hypotheses, beam.hypotheses):
+        assert g[0].tokens == b[0].tokens
+        assert g[0].logprob == pytest.approx(b[0].logprob, abs=1e-4)
+
+
+@pytest.mark.parametrize("cfg", [DecodeConfig(strategy="greedy"), DecodeConfig(strategy="beam", beam_size=4, top_beams=3),
+                                 DecodeConfig(strategy="sample", seed=7, top_k=20)])
+def test_batch_equals_one_by_one(model, tokenizer, cfg):
+    batch = run(model, encode(tokenizer, SOURCES), cfg, need_weights=True)
+    for i, text in enumerate(SOURCES):
+        single = run(model, encode(tokenizer, [text]), cfg, need_weights=True)
+        assert [h.tokens for h in single.hypotheses[0]] == [h.tokens for h in batch.hypotheses[i]]
+        for a, b in zip(single.hypotheses[0], batch.hypotheses[i]):
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+            torch.testing.assert_close(a.cross_attention, b.cross_attention, atol=1e-5, rtol=0)
+        torch.testing.assert_close(single.encoder_attention[0], batch.encoder_attention[i], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cfg", [DecodeConfig(strategy="beam", beam_size=5, top_beams=5), DecodeConfig(strategy="greedy"),
+                                 DecodeConfig(strategy="sample", seed=3, temperature=1.3)])
+def test_captured_attention_equals_teacher_forced_pass(model, tokenizer, cfg):
+    src = encode(tokenizer, [SOURCES[3]])
+    done = run(model, src, cfg, need_weights=True)
+    for hyp in done.hypotheses[0]:
+        tgt_in = torch.tensor([[model.config.decoder_start_id] + hyp.tokens[:-1]])
+        with torch.no_grad():
+            enc = model.encode(src, need_weights=True)
+            forced = model.decode(tgt_in, enc, need_weights=True)
+        torch.testing.assert_close(hyp.cross_attention, forced.cross_attention[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(hyp.self_attention, forced.self_attention[0], atol=1e-5, rtol=0)
+        logp = torch.log_softmax(forced.logits[0], -1)
+        expected = [float(logp[i, t]) for i, t in enumerate(hyp.tokens)]
+        assert hyp.token_logprobs == pytest.approx(expected, abs=1e-4)
+        assert hyp.logprob == pytest.approx(sum(expected), abs=1e-4)
+        top = torch.topk(logp, hyp.alt_ids.size(1), -1)
+        assert torch.equal(hyp.alt_ids, top.indices)
+
+
+def test_beam_nbest_sorted_and_scored_with_gnmt_penalty(model, tokenizer):
+    cfg = DecodeConfig(strategy="beam", beam_size=5, top_beams=5, length_penalty=1.0)
+    hyps = run(model, encode(tokenizer, [SOURCES[0]]), cfg).hypotheses[0]
+    assert len(hyps) == 5
+    scores = [h.score for h in hyps]
+    assert scores == sorted(scores, reverse=True)
+    for h in hyps:
+        assert h.score == pytest.approx(h.logprob / length_penalty(len(h.tokens), 1.0), abs=1e-4)
+    assert len({tuple(h.tokens) for h in hyps}) == 5
+
+
+def test_beam_finds_at_least_greedy_score(model, tokenizer):
+    src = encode(tokenizer, SOURCES)
+    greedy = run(model, src, DecodeConfig(strategy="greedy"))
+    beam = run(model, src, DecodeConfig(strategy="beam", beam_size=6, length_penalty=0.0))
+    for g, b in zip(greedy.hypotheses, beam.hypotheses):
+        if g[0].finished and len(g[0].tokens) == len(b[0].tokens):
+            assert b[0].logprob >= g[0].logprob - 1e-5
+
+
+def test_sampling_is_reproducible_with_a_seed(model, tokenizer):
+    src = encode(tokenizer, SOURCES)
+    cfg = DecodeConfig(strategy="sample", seed=11, temperature=1.5)
+    a = run(model, src, cfg)
+    b = run(model, src, cfg)
+    c = run(model, src, cfg.with_(seed=12))
+    toks = lambda d: [h[0].tokens for h in d.hypotheses]  # noqa: E731
+    assert toks(a) == toks(b)
+    assert toks(a) != toks(c)
+
+
+def test_top_k_one_sampling_is_greedy(model, tokenizer):
+    src = encode(tokenizer, SOURCES)
+    greedy = run(model, src, DecodeConfig(strategy="greedy"))
+    sampled = run(model, src, DecodeConfig(strategy="sample", top_k=1, seed=5, temperature=2.0))
+    assert [h[0].tokens for h in greedy.hypotheses] == [h[0].tokens for h in sampled.hypotheses]
+
+
+def test_forced_prefix_is_kept_and_continuation_matches_greedy(model, tokenizer):
+    src = encode(tokenizer, [SOURCES[0]])
+    greedy = run(model, src, DecodeConfig(strategy="greedy")).hypotheses[0][0]
+    prefix = greedy.tokens[:2]
+    forced = run(model, src, DecodeConfig(strategy="greedy"), prefix=prefix).hypotheses[0][0]
+    assert forced.tokens == greedy.tokens  # forcing what greedy chose anyway changes nothing
+    other = [t for t in range(4, tokenizer.vocab_size) if t != greedy.tokens[0]][0]
+    alt = run(model, src, DecodeConfig(strategy="beam", beam_size=3), prefix=[other], need_weights=True).hypotheses[0][0]
+    assert alt.tokens[0] == other
+    assert alt.cross_attention.shape[2] == len(alt.tokens)
+
+
+def test_max_length_is_respected(model, tokenizer):
+    cfg = DecodeConfig(strategy="beam", beam_size=3, max_length_ratio=0.5, max_length_offset=1)
+    src = encode(tokenizer, [SOURCES[3]])
+    limit = cfg.max_length(int(src.ne(0).sum()), model.config.max_positions)
+    for h in run(model, src, cfg).hypotheses[0]:
+        assert len(h.tokens) <= limit
+
+
+def test_streaming_yields_growing_partials(model, tokenizer):
+    events = list(search(model, encode(tokenizer, [SOURCES[1]]), DecodeConfig(strategy="beam", beam_size=3)))
+    steps = [e for e in events if isinstance(e, SearchStep)]
+    assert steps, "beam search must report progress before it finishes"
+    assert [len(s.partial[0]) for s in steps] == list(range(1, len(steps) + 1))
+
+
+def test_decode_config_validation():
+    with pytest.raises(ConfigError):
+        DecodeConfig(strategy="beam", beam_size=2, top_beams=3)
+    with pytest.raises(ConfigError):
+        DecodeConfig(strategy="nope")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        DecodeConfig(strategy="sample", top_p=0.0)

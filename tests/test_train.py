@@ -1,0 +1,147 @@
+"""Training pipeline: a toy language is learnt, interruption + resume is exact, DDP stays in sync, eval = sacreBLEU."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+from safetensors.torch import load_file
+
+from tui_translate.config import DecodeConfig, TrainConfig
+from tui_translate.evaluate import score, translate_texts
+from tui_translate.checkpoint import load_model_dir
+from tui_translate.train import checkpoint_dirs, train
+
+WORDS = "ab cd ef gh ij kl mn op qr st".split()
+
+
+def toy_pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    """Source: random words; target: the same words in reverse order."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(2, 5))]
+        pairs.append((" ".join(words), " ".join(reversed(words))))
+    return pairs
+
+
+def write_tsv(path: Path, pairs) -> str:
+    path.write_text("".join(f"{a}\t{b}\n" for a, b in pairs), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def toy_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy")
+    return write_tsv(d / "train.tsv", toy_pairs(600, 1)), write_tsv(d / "valid.tsv", toy_pairs(40, 2))
+
+
+def toy_config(toy_files, out: Path, **kw) -> TrainConfig:
+    train_tsv, valid_tsv = toy_files
+    params = dict(train=train_tsv, valid=valid_tsv, out_dir=str(out), vocab_size=40,
+                  model={"d_model": 64, "n_heads": 4, "n_encoder_layers": 2, "n_decoder_layers": 2, "d_ff": 128, "dropout": 0.0,
+                         "max_positions": 32},
+                  max_tokens=600, lr=3e-3, warmup_steps=40, max_steps=360, eval_every=120, eval_sentences=20,
+                  save_every=60, keep_last=3, average_last=2, patience=100, seed=7, threads=2)
+    params.update(kw)
+    return TrainConfig(**params)
+
+
+@pytest.fixture(scope="module")
+def toy_run(toy_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    model_dir = train(toy_config(toy_files, out))
+    return out, model_dir
+
+
+def test_loss_falls_and_the_toy_language_is_learnt(toy_run):
+    out, model_dir = toy_run
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in lines if "loss" in x]
+    assert losses[-1] < losses[0] / 4
+    assert any("bleu" in x for x in lines) and any("val_loss" in x for x in lines)
+    loaded = load_model_dir(model_dir)
+    test = toy_pairs(30, 99)
+    hyps = translate_texts(loaded.model, loaded.tokenizer, [s for s, _ in test])
+    exact = sum(h == t for h, (_, t) in zip(hyps, test)) / len(test)
+    assert exact >= 0.8, list(zip(hyps, test))[:5]
+    meta = json.loads((model_dir / "config.json").read_text())["meta"]
+    assert meta["trained_steps"] == 360 and len(meta["averaged_checkpoints"]) == 2
+
+
+def test_interrupted_run_resumes_to_the_same_weights(toy_files, tmp_path):
+    full = tmp_path / "full"
+    cut = tmp_path / "cut"
+    cfg_full = toy_config(toy_files, full, max_steps=180, eval_every=1000)
+    train(cfg_full)
+    cfg_cut = toy_config(toy_files, cut, max_steps=180, eval_every=1000)
+    train(cfg_cut, stop_after=120)  # "killed" after the checkpoint at step 120
+    assert checkpoint_dirs(cut)[-1].name == "step-0000120"
+    assert not (cut / "model").exists()
+    train(cfg_cut, resume=True)
+    a = load_file(str(checkpoint_dirs(full)[-1] / "model.safetensors"))
+    b = load_file(str(checkpoint_dirs(cut)[-1] / "model.safetensors"))
+    assert checkpoint_dirs(cut)[-1].name == "step-0000180"
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
+    steps = [json.loads(x)["step"] for x in (cut / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(x)]
+    assert steps == sorted(steps) and steps[-1] == 180
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(toy_files, tmp_path):
+    out = tmp_path / "c"
+    cfg = toy_config(toy_files, out, max_steps=120, eval_every=1000)
+    train(cfg, stop_after=120)
+    last = checkpoint_dirs(out)[-1]
+    data = (last / "model.safetensors").read_bytes()
+    (last / "model.safetensors").write_bytes(data[:100])
+    with pytest.warns(UserWarning, match="falling back"):
+        train(toy_config(toy_files, out, max_steps=130, eval_every=1000), resume=True)
+    state = json.loads((checkpoint_dirs(out)[-1] / "state.json").read_text())
+    assert state["step"] == 130
+
+
+def test_data_parallel_two_processes_stay_identical(toy_files, tmp_path):
+    train_tsv, valid_tsv = toy_files
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+           "-m", "tui_translate", "train", "--train", train_tsv, "--valid", valid_tsv, "--out", str(out), "--vocab-size", "40",
+           "--d-model", "32", "--d-ff", "64", "--encoder-layers", "1", "--decoder-layers", "1", "--max-tokens", "300",
+           "--max-steps", "6", "--save-every", "3", "--eval-every", "100", "--threads", "1", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    entries = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    check = [e for e in entries if "ddp_world_size" in e]
+    assert check and check[-1]["ddp_world_size"] == 2
+    assert check[-1]["ddp_max_weight_diff"] == 0.0
+
+
+def test_eval_scores_match_sacrebleu():
+    hyps = ["i am a student", "the cat sleeps on the mat", "hello there"]
+    refs = ["i am a student", "the cat is sleeping on the mat", "hi there"]
+    s = score(hyps, refs)
+    assert s.bleu == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert s.chrf == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert s.bleu_signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+
+
+def test_eval_command_matches_sacrebleu_on_its_own_output(toy_run, toy_files, tmp_path):
+    _, model_dir = toy_run
+    hyp_file = tmp_path / "hyps.txt"
+    proc = subprocess.run([sys.executable, "-m", "tui_translate", "eval", toy_files[1], "--model", str(model_dir), "--json",
+                           "--output", str(hyp_file)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    obj = json.loads(proc.stdout)
+    refs = [line.split("\t")[1] for line in Path(toy_files[1]).read_text().splitlines()]
+    hyps = hyp_file.read_text().splitlines()
+    assert obj["bleu"] == pytest.approx(round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2))
+    assert obj["chrf"] == pytest.approx(round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2))
+    assert obj["sentences"] == len(refs) and obj["sentences_per_second"] > 0

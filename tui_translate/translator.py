@@ -1,0 +1,181 @@
+"""The facade between the engine and its users: text + DecodeConfig in, torch-free results out.
+
+Torch stops here: the app and the CLI receive `Translation` / `PartialTranslation`
+objects made of lists and numpy arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import LoadedModel, load_model_dir
+from .config import DecodeConfig, ModelConfig
+from .evaluate import pad_batch
+from .results import Alternative, AttentionMaps, Hypothesis, PartialTranslation, Translation
+from .search import Hypothesis as RawHypothesis
+from .search import SearchDone, SearchStep, search
+from .tokenizer import Encoded
+
+
+class Cancelled(Exception):
+    """Raised by `stream()` when its `cancelled()` callback answers True between steps."""
+
+
+class Translator:
+    def __init__(self, loaded: LoadedModel, threads: int = 0) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.loaded = loaded
+        self.model = loaded.model.eval()
+        self.tokenizer = loaded.tokenizer
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int = 0) -> "Translator":
+        return cls(load_model_dir(path), threads)
+
+    # -- description --------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def path(self) -> Path:
+        return self.loaded.path
+
+    @property
+    def source_lang(self) -> str:
+        return str(self.loaded.meta.get("source_lang", "?"))
+
+    @property
+    def target_lang(self) -> str:
+        return str(self.loaded.meta.get("target_lang", "?"))
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.loaded.config
+
+    @property
+    def max_source_tokens(self) -> int:
+        return self.config.max_positions
+
+    def describe(self) -> dict:
+        c = self.config
+        return {"name": self.name, "path": str(self.path), "source_lang": self.source_lang, "target_lang": self.target_lang,
+                "layers": f"{c.n_encoder_layers}+{c.n_decoder_layers}", "heads": c.n_heads, "d_model": c.d_model,
+                "vocab_size": c.vocab_size, "parameters": self.model.num_parameters()}
+
+    # -- translation --------------------------------------------------------------------------
+    def piece_ids(self, pieces: list[str]) -> list[int]:
+        return [self.tokenizer.target.token_to_id(p) for p in pieces]
+
+    def stream(
+        self,
+        text: str,
+        config: DecodeConfig = DecodeConfig(),
+        attention: bool = True,
+        prefix: list[int] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Iterator[PartialTranslation | Translation]:
+        """Translate one text, yielding a `PartialTranslation` after every decoding step and the
+        final `Translation` last. `prefix`: target ids forced at the start. `cancelled()` is polled
+        between steps; when it answers True the stream raises `Cancelled`."""
+        start = time.perf_counter()
+        enc = self._encode(text)
+        if enc is None:
+            yield self._empty(text, config, "empty input: nothing to translate")
+            return
+        src = torch.tensor([enc.ids], dtype=torch.long)
+        first_token = None
+        final = None
+        for event in search(self.model, src, config, prefix=prefix, need_weights=attention):
+            if cancelled is not None and cancelled():
+                raise Cancelled()
+            if isinstance(event, SearchStep):
+                now = time.perf_counter()
+                if first_token is None:
+                    first_token = now - start
+                ids = event.partial[0]
+                yield PartialTranslation(text, self.tokenizer.decode(ids), self.tokenizer.pieces(ids), event.step, now - start)
+            else:
+                final = event
+        assert isinstance(final, SearchDone)
+        elapsed = time.perf_counter() - start
+        yield self._translation(text, enc, final, 0, config, elapsed, first_token if first_token is not None else elapsed, prefix)
+
+    def translate(self, text: str, config: DecodeConfig = DecodeConfig(), attention: bool = True, prefix: list[int] | None = None) -> Translation:
+        result = None
+        for result in self.stream(text, config, attention, prefix):
+            pass
+        assert isinstance(result, Translation)
+        return result
+
+    def translate_batch(
+        self, texts: list[str], config: DecodeConfig = DecodeConfig(), attention: bool = False, batch_size: int = 32
+    ) -> list[Translation]:
+        """Translate many texts, `batch_size` at a time (similar lengths grouped together).
+        Results come back in input order and equal one-by-one translation."""
+        results: list[Translation | None] = [None] * len(texts)
+        encoded = []
+        for i, text in enumerate(texts):
+            enc = self._encode(text)
+            if enc is None:
+                results[i] = self._empty(text, config, "empty input: nothing to translate")
+            else:
+                encoded.append((i, enc))
+        encoded.sort(key=lambda x: len(x[1].ids))
+        for b in range(0, len(encoded), max(1, batch_size)):
+            chunk = encoded[b : b + batch_size]
+            start = time.perf_counter()
+            src = pad_batch([e.ids for _, e in chunk], self.config.pad_id)
+            final = None
+            for final in search(self.model, src, config, need_weights=attention):
+                pass
+            assert isinstance(final, SearchDone)
+            elapsed = (time.perf_counter() - start) / len(chunk)
+            for row, (i, enc) in enumerate(chunk):
+                results[i] = self._translation(texts[i], enc, final, row, config, elapsed, None, None)
+        return results  # type: ignore[return-value]
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _encode(self, text: str) -> Encoded | None:
+        if not self.tokenizer.normalize(text).strip():
+            return None
+        enc = self.tokenizer.encode(text)
+        limit = self.config.max_positions
+        if len(enc.ids) > limit:  # keep the start; the caller splits long input into sentences first
+            enc = Encoded(enc.ids[: limit - 1] + [enc.ids[-1]], enc.pieces[: limit - 1] + [enc.pieces[-1]],
+                          enc.offsets[: limit - 1] + [enc.offsets[-1]])
+        return enc
+
+    def _empty(self, text: str, config: DecodeConfig, note: str) -> Translation:
+        return Translation(text, [], [], [], [Hypothesis("", [], [], [], [], 0.0, 0.0, True)], config, self.name, note=note)
+
+    def _translation(self, text, enc: Encoded, final: SearchDone, row: int, config, elapsed, first_token, prefix) -> Translation:
+        enc_attn = final.encoder_attention[row].float().numpy() if final.encoder_attention is not None else None
+        hyps = [self._hypothesis(h, enc_attn, len(prefix or [])) for h in final.hypotheses[row]]
+        return Translation(text, list(enc.ids), list(enc.pieces), [tuple(o) for o in enc.offsets], hyps, config,
+                           self.name, elapsed, first_token, final.steps)
+
+    def _hypothesis(self, h: RawHypothesis, enc_attn: np.ndarray | None, prefix_length: int) -> Hypothesis:
+        tok = self.tokenizer
+        alt_probs = h.alt_logprobs.exp().tolist()
+        alternatives = [
+            [Alternative(int(i), tok.piece(int(i)), float(p)) for i, p in zip(ids, probs)]
+            for ids, probs in zip(h.alt_ids.tolist(), alt_probs)
+        ]
+        attention = None
+        if h.cross_attention is not None and enc_attn is not None:
+            attention = AttentionMaps(h.cross_attention.float().numpy(), h.self_attention.float().numpy(), enc_attn)
+        return Hypothesis(tok.decode(h.tokens), list(h.tokens), tok.pieces(h.tokens), list(h.token_logprobs), alternatives,
+                          h.logprob, h.score, h.finished, prefix_length, attention)
+
+
+def load_translator(path: str | Path | None = None, threads: int = 0) -> Translator:
+    from .paths import default_model_dir
+
+    return Translator.load(path or default_model_dir(), threads)
