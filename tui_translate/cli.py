@@ -146,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run_train(args)
         if args.command == "eval":
             return _run_eval(args)
-        from .ui.app import run_app
-
-        return run_app(args)
+        return _run_app(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -160,6 +158,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tui-translate: error: {e}", file=sys.stderr)
             return 2
         raise
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    """Open the app. The translator is created by a loader the app calls in a worker thread,
+    so the first frame paints before torch is imported."""
+    from pathlib import Path
+
+    from .paths import available_models, data_dir
+    from .ui.app import TranslateApp
+    from .ui.store import Store
+
+    model = Path(args.model).expanduser().resolve() if args.model else default_model_dir().resolve()
+    models = [p.resolve() for p in available_models()]
+
+    def loader(path: Path):
+        from .translator import load_translator
+
+        return load_translator(path)
+
+    store = Store(None if args.clean else data_dir())
+    app = TranslateApp(loader, model, models, store=store, export_dir=data_dir() / "exports")
+    app.run()
+    return 0
 
 
 def _run_train(args: argparse.Namespace) -> int:

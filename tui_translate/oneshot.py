@@ -7,12 +7,9 @@ import json
 import sys
 from collections.abc import Iterator
 
-import numpy as np
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from .colormap import hex_color, text_color_on
+from .render import heatmap_table
 from .results import Translation, display_piece
 
 
@@ -28,7 +25,7 @@ def read_stdin_lines(stream, err: Console) -> Iterator[str | None]:
             yield None
 
 
-def heatmap(t: Translation, layer: int | None, head: int | None) -> Table:
+def heatmap(t: Translation, layer: int | None, head: int | None):
     """Cross-attention, target rows × source columns, for one layer/head or the average."""
     h = t.best
     att = h.attention.cross  # (L, H, T, S)
@@ -36,14 +33,7 @@ def heatmap(t: Translation, layer: int | None, head: int | None) -> Table:
     m = m[head] if head is not None else m.mean(0)  # (T, S)
     where = f"layer {layer}" if layer is not None else "mean of layers"
     where += f", head {head}" if head is not None else ", mean of heads"
-    table = Table(title=f"cross-attention ({where})", show_lines=False, pad_edge=False, box=None)
-    table.add_column("", justify="right", style="bold")
-    for label in t.source_labels():
-        table.add_column(label, justify="center", no_wrap=True)
-    for row, piece in zip(m, h.pieces):
-        cells = [Text(f"{v:.2f}", style=f"{text_color_on(v)} on {hex_color(v)}") for v in np.asarray(row)]
-        table.add_row(display_piece(piece), *cells)
-    return table
+    return heatmap_table(m, [display_piece(p) for p in h.pieces], t.source_labels(), f"cross-attention ({where})")
 
 
 def run_translate(args: argparse.Namespace) -> int:

@@ -20,6 +20,10 @@ from .config import DecodeConfig
 WORD_START = "▁"
 
 
+class Cancelled(Exception):
+    """A streaming translation stopped because its `cancelled()` callback answered True."""
+
+
 def display_piece(piece: str) -> str:
     """A readable label for a subword piece: the word-start marker becomes a leading space-free form.
 

@@ -16,14 +16,12 @@ import torch
 from .checkpoint import LoadedModel, load_model_dir
 from .config import DecodeConfig, ModelConfig
 from .evaluate import pad_batch
-from .results import Alternative, AttentionMaps, Hypothesis, PartialTranslation, Translation
+from .results import Alternative, AttentionMaps, Cancelled, Hypothesis, PartialTranslation, Translation
 from .search import Hypothesis as RawHypothesis
 from .search import SearchDone, SearchStep, search
 from .tokenizer import Encoded
 
-
-class Cancelled(Exception):
-    """Raised by `stream()` when its `cancelled()` callback answers True between steps."""
+__all__ = ["Cancelled", "Translator", "load_translator"]
 
 
 class Translator:

@@ -1,0 +1,289 @@
+"""The app, driven with Pilot against a fake translator (and once against a real tiny model)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fakes import FakeTranslator, fake_loader
+from tui_translate.config import DecodeConfig
+from tui_translate.ui.app import TranslateApp
+from tui_translate.ui.store import Store
+from tui_translate.ui.widgets.exchange import TokenStrip
+from tui_translate.ui.widgets.inspector import AttentionGrid, MatrixView, cell_weights
+
+FR = Path("/models/fr-en")
+EN = Path("/models/en-fr")
+
+
+def make_app(tmp_path: Path, store: bool = False, **kw) -> TranslateApp:
+    return TranslateApp(fake_loader(**kw), FR, [FR, EN], store=Store(tmp_path / "data" if store else None),
+                        export_dir=tmp_path / "exports")
+
+
+async def wait_for(pilot, predicate, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+async def submit(pilot, app, text: str) -> None:
+    await wait_for(pilot, lambda: app.translator is not None)
+    n = len(app.exchanges)
+    app.query_one("#prompt").value = text
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: len(app.exchanges) > n and app.exchanges[-1].status == "done")
+
+
+def test_ui_package_imports_no_torch():
+    code = ("import sys, importlib, pkgutil, tui_translate.ui as ui\n"
+            "for m in pkgutil.walk_packages(ui.__path__, 'tui_translate.ui.'): importlib.import_module(m.name)\n"
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+async def test_translate_select_token_and_grid_matches_translator(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await submit(pilot, app, "je suis étudiant")
+        ex = app.exchanges[-1]
+        assert ex.text == "i am a student"
+        assert "greedy" in app.sub_title and "fr-en" in app.sub_title
+        # keyboard: leave the input, move right twice -> third token ("a")
+        await pilot.press("escape", "right", "right")
+        assert app.selection == (ex.id, 0, 2)
+        grid = app.query_one("#grid", AttentionGrid)
+        cross = ex.translation.best.attention.cross  # (L, H, T, S)
+        np.testing.assert_allclose(grid.weights, cross[:, :, 2, :])
+        # focus the grid and move to layer 1, head 2: the focused values are that head's row
+        grid.focus()
+        await pilot.press("down", "right", "right")
+        assert grid.cursor == (1, 2)
+        np.testing.assert_allclose(grid.focused_values(), cross[1, 2, 2])
+        # the aggregate column is the mean over heads, max after F8
+        grid.cursor = (0, 3)
+        np.testing.assert_allclose(grid.focused_values(), cross[0, :, 2].mean(0))
+        await pilot.press("f8")
+        np.testing.assert_allclose(grid.focused_values(), cross[0, :, 2].max(0))
+        # mouse: clicking a token of the strip selects it
+        strip = app.query(TokenStrip).last()
+        await pilot.click(strip, offset=(2, 0))
+        assert app.selection == (ex.id, 0, 0)
+
+
+async def test_full_matrix_views(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await submit(pilot, app, "le chat dort")
+        await pilot.press("f4")
+        matrix = app.query_one("#matrix", MatrixView)
+        m, rows, cols, title = matrix.matrix()
+        att = app.exchanges[-1].translation.best.attention
+        np.testing.assert_allclose(m, att.cross[0, 0])
+        assert cols == ["le", "chat", "dort", "</s>"] and "cross-attention" in title
+        await pilot.press("f9")
+        m, rows, cols, _ = matrix.matrix()
+        np.testing.assert_allclose(m, att.encoder_self[0, 0])
+        await pilot.press("f9")
+        m, rows, cols, _ = matrix.matrix()
+        np.testing.assert_allclose(m, att.decoder_self[0, 0])
+        assert np.all(np.triu(m, 1) == 0)
+        assert cols[0] == "<s>"
+
+
+async def test_strategy_panel_beam_nbest_side_by_side(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 36)) as pilot:
+        await submit(pilot, app, "le chat dort")
+        await pilot.press("f2")
+        screen = app.screen
+        await pilot.click("#strategy-beam")
+        screen.query_one("#top_beams").value = "3"
+        await pilot.click("#rerun")
+        await wait_for(pilot, lambda: len(app.exchanges) == 2 and app.exchanges[-1].status == "done")
+        assert app.decode_config.strategy == "beam" and app.decode_config.top_beams == 3
+        first, second = app.exchanges
+        assert first.label == "greedy" and second.label.startswith("beam k=5")
+        assert len(second.translation.hypotheses) == 3
+        strips = [s for s in app.query(TokenStrip) if s.exchange_id == second.id]
+        assert len(strips) == 3
+        # any hypothesis is inspectable
+        strips[2].action_select(1)
+        await pilot.pause()
+        assert app.selection == (second.id, 2, 1)
+        np.testing.assert_allclose(app.query_one("#grid", AttentionGrid).weights,
+                                   second.translation.hypotheses[2].attention.cross[:, :, 1, :])
+
+
+async def test_invalid_strategy_value_is_reported_in_the_panel(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 36)) as pilot:
+        await pilot.press("f2")
+        await pilot.click("#strategy-sample")
+        app.screen.query_one("#temperature").value = "-1"
+        await pilot.click("#apply")
+        assert "temperature" in str(app.screen.query_one("#decode-error").render())
+        await pilot.press("escape")
+        assert app.decode_config.strategy == "greedy"
+
+
+async def test_picking_an_alternative_redecodes_with_forced_prefix(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await submit(pilot, app, "je suis étudiant")
+        ex = app.exchanges[-1]
+        app.select_token(ex.id, 0, 1)
+        alts = app.query_one("#alternatives")
+        alts.focus()
+        alts.highlighted = 1  # "maybe"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(app.exchanges) == 2 and app.exchanges[-1].status == "done")
+        new = app.exchanges[-1]
+        fake: FakeTranslator = app.translator
+        prefix = fake.calls[-1][2]
+        assert [fake.vocab[i] for i in prefix] == ["▁i", "▁maybe"]
+        assert new.translation.best.pieces[:2] == ["▁i", "▁maybe"]
+        assert new.translation.best.prefix_length == 2
+        assert "forced" in new.label
+
+
+async def test_swap_direction(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: app.translator is not None and app.translator.name == "en-fr")
+        assert "en-fr" in app.sub_title and "en→fr" in app.sub_title
+        await submit(pilot, app, "the cat sleeps")
+        assert app.exchanges[-1].text == "le chat dort"
+
+
+async def test_exports_and_copy(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await submit(pilot, app, "le chat dort")
+        app.select_token(app.exchanges[-1].id, 0, 1)
+        await pilot.press("ctrl+o")
+        await pilot.press("ctrl+s")
+        await pilot.press("ctrl+y")
+        await pilot.pause()
+    files = sorted(p.name for p in (tmp_path / "exports").iterdir())
+    assert any(f.endswith(".svg") for f in files) and any(f.endswith(".html") for f in files)
+    assert any(f.startswith("transcript") and f.endswith(".md") for f in files)
+    data = json.loads(next((tmp_path / "exports").glob("attention-*.json")).read_text())
+    cross = app.exchanges[-1].translation.best.attention.cross[:, :, 1, :]
+    np.testing.assert_allclose(np.array(data["layers_heads_source"]), cross)
+    rows = list(csv.reader(next((tmp_path / "exports").glob("attention-*.csv")).open()))
+    assert rows[0] == ["layer", "head", "le", "chat", "dort", "</s>"]
+    assert float(rows[1][3]) == pytest.approx(cross[0, 0, 1])
+    md = next((tmp_path / "exports").glob("transcript-*.md")).read_text()
+    assert "le chat dort" in md and "the cat sleeps" in md
+    assert app.clipboard == "the cat sleeps"
+
+
+async def test_history_and_transcript_persist_and_clean_flag(tmp_path):
+    app = make_app(tmp_path, store=True)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await submit(pilot, app, "le chat dort")
+        await submit(pilot, app, "bonjour")
+    app2 = make_app(tmp_path, store=True)
+    async with app2.run_test(size=(100, 32)) as pilot:
+        await pilot.pause()
+        assert [e.source for e in app2.exchanges] == ["le chat dort", "bonjour"]
+        assert app2.exchanges[0].status == "restored" and app2.exchanges[0].text == "the cat sleeps"
+        await pilot.press("up")
+        assert app2.query_one("#prompt").value == "bonjour"
+        await pilot.press("up")
+        assert app2.query_one("#prompt").value == "le chat dort"
+        await pilot.press("down", "down")
+        assert app2.query_one("#prompt").value == ""
+    clean = make_app(tmp_path, store=False)
+    async with clean.run_test(size=(100, 32)) as pilot:
+        await pilot.pause()
+        assert clean.exchanges == []
+
+
+async def test_new_request_cancels_previous_and_no_stale_result(tmp_path):
+    gate = threading.Event()
+    app = make_app(tmp_path, gate=gate)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        for text in ["le chat dort", "je suis étudiant", "bonjour"]:
+            app.query_one("#prompt").value = text
+            await pilot.press("enter")
+        gate.set()
+        await wait_for(pilot, lambda: app.exchanges[-1].status == "done")
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.1)
+        assert [e.status for e in app.exchanges] == ["cancelled", "cancelled", "done"]
+        assert app.exchanges[-1].text == "hello"
+        assert all(e.translation is None for e in app.exchanges[:2])
+        assert not [w for w in app.workers if w.is_running]
+
+
+async def test_live_mode_translates_while_typing(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        await pilot.press("f6")
+        assert app.live
+        await pilot.press(*"le chat")
+        preview = app.query_one("#live-preview")
+        await wait_for(pilot, lambda: "the cat" in str(preview.render()))
+        assert app.exchanges == []  # live results do not enter the transcript until Enter
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.exchanges and app.exchanges[-1].status == "done")
+
+
+async def test_empty_input_and_load_failure_notify_without_crashing(tmp_path):
+    app = TranslateApp(fake_loader(), Path("/models/broken"), [], store=Store(None), export_dir=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: any("Could not load" in n.message for n in app._notifications))
+        app.query_one("#prompt").value = "   "
+        await pilot.press("enter")
+        assert app.exchanges == []
+        assert any("empty" in n.message for n in app._notifications)
+        app.query_one("#prompt").value = "bonjour"
+        await pilot.press("enter")  # queued until a model loads; nothing crashes
+        assert app.exchanges[-1].status == "running"
+
+
+async def test_real_tiny_model_end_to_end(tmp_path, model_dir):
+    from tui_translate.translator import load_translator
+
+    app = TranslateApp(load_translator, model_dir, [model_dir], store=Store(None), export_dir=tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None, timeout=30)
+        await submit(pilot, app, "le chat dort")
+        t = app.exchanges[-1].translation
+        assert t.text == app.translator.translate("le chat dort").text
+        app.select_token(app.exchanges[-1].id, 0, 0)
+        grid = app.query_one("#grid", AttentionGrid)
+        np.testing.assert_allclose(grid.weights, t.best.attention.cross[:, :, 0, :])
+        np.testing.assert_allclose(cell_weights(grid.weights, 2, 4, "mean"), t.best.attention.cross[:, :, 0, :].mean((0, 1)), atol=1e-6)
+
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "fr-en"
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL / "model.safetensors").exists(), reason="the default model is not shipped in this checkout")
+async def test_shipped_default_model_in_the_app(tmp_path):
+    from tui_translate.translator import load_translator
+
+    app = TranslateApp(load_translator, DEFAULT_MODEL, [DEFAULT_MODEL], store=Store(None), export_dir=tmp_path,
+                       decode_config=DecodeConfig(strategy="beam"))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None, timeout=60)
+        await submit(pilot, app, "Je suis étudiant.")
+        assert "student" in app.exchanges[-1].text.lower()

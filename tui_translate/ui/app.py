@@ -1,0 +1,595 @@
+"""The chat-style translator app.
+
+The app receives a `loader(path) -> translator` callable; the translator is any object with
+the `Translator` interface (name, source_lang, target_lang, config.n_heads, stream(...)), so
+tests inject a fake and this package never imports torch.
+
+Threads: the model loads in a thread worker; every translation runs in an exclusive thread
+worker that checks for cancellation between decoding steps and talks to the UI only through
+`post_message`. Each request has an id; results of superseded requests are dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Container, Horizontal, Vertical, VerticalScroll
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import ContentSwitcher, Footer, Header, Input, OptionList, Static
+from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
+
+from ..config import DecodeConfig
+from ..results import Cancelled, PartialTranslation, Translation, display_piece
+from .exporting import export_attention, export_transcript
+from .messages import CellFocused, ModelFailed, ModelLoaded, TokenSelected, TranslationDone, TranslationFailed, TranslationProgress
+from .screens.decode import DecodeScreen
+from .screens.help import HelpScreen
+from .store import Store
+from .widgets.exchange import Exchange, ExchangeView, TokenStrip
+from .widgets.inspector import AGGREGATES, MATRIX_KINDS, AttentionGrid, MatrixView
+
+WIDE_COLUMNS = 120
+LIVE_DEBOUNCE_S = 0.35
+MAX_INPUT_CHARS = 5000
+
+
+class HistoryInput(Input):
+    """The prompt: Enter submits, Up/Down recall earlier inputs."""
+
+    BINDINGS = [Binding("up", "history(-1)", show=False), Binding("down", "history(1)", show=False)]
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.history: list[str] = []
+        self._pos = 0
+        self._draft = ""
+
+    def remember(self, text: str) -> None:
+        if text and (not self.history or self.history[-1] != text):
+            self.history.append(text)
+        self._pos = len(self.history)
+
+    def action_history(self, delta: int) -> None:
+        if not self.history:
+            return
+        if self._pos == len(self.history):
+            self._draft = self.value
+        self._pos = max(0, min(len(self.history), self._pos + delta))
+        self.value = self._draft if self._pos == len(self.history) else self.history[self._pos]
+        self.cursor_position = len(self.value)
+
+
+class TranslateApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "tui-translate"
+
+    BINDINGS = [
+        Binding("f1", "help", "help"),
+        Binding("f2", "strategy", "strategy"),
+        Binding("f3", "swap_model", "swap"),
+        Binding("f4", "toggle_matrix", "matrix"),
+        Binding("f5", "rerun", "re-run"),
+        Binding("f6", "toggle_live", "live"),
+        Binding("f7", "toggle_confidence", "confidence", show=False),
+        Binding("f8", "toggle_aggregate", "mean/max", show=False),
+        Binding("f9", "cycle_matrix_kind", "matrix kind", show=False),
+        Binding("ctrl+y", "copy", "copy", show=False),
+        Binding("ctrl+s", "export_transcript", "export", show=False),
+        Binding("ctrl+o", "export_attention", "export attention", show=False),
+        Binding("question_mark", "help", show=False),
+        Binding("escape", "leave_input", show=False),
+    ]
+
+    confidence: reactive[bool] = reactive(False)
+    live: reactive[bool] = reactive(False)
+    show_matrix: reactive[bool] = reactive(False)
+    decode_config: reactive[DecodeConfig] = reactive(DecodeConfig, init=False)
+
+    def __init__(
+        self,
+        loader: Callable[[Path], Any],
+        model_path: Path,
+        models: Iterable[Path] = (),
+        store: Store | None = None,
+        export_dir: Path | None = None,
+        decode_config: DecodeConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.loader = loader
+        self.model_path = Path(model_path)
+        self.models = [Path(m) for m in models] or [self.model_path]
+        if self.model_path not in self.models:
+            self.models.insert(0, self.model_path)
+        self.store = store or Store(None)
+        self.export_dir = export_dir or Path.cwd()
+        self.translator: Any = None
+        self.loading = False
+        self.exchanges: list[Exchange] = []
+        self.request_id = 0
+        self.live_request_id = 0
+        self.running_exchange: Exchange | None = None
+        self.pending: tuple | None = None
+        self.selection: tuple[int, int, int] | None = None  # (exchange id, hypothesis, token)
+        self.last_input = ""
+        self._live_timer: Timer | None = None
+        self.set_reactive(TranslateApp.decode_config, decode_config or DecodeConfig())
+
+    # -- layout ---------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Container(id="main"):
+            with VerticalScroll(id="transcript"):
+                yield Static("Type French (or the model's source language) below and press Enter.\n"
+                             "F1 help · F2 strategy · F3 swap direction · click any output token to inspect its attention.",
+                             id="welcome")
+            with Vertical(id="inspector"):
+                yield Static("Attention inspector", id="inspector-title")
+                with Horizontal(id="inspector-body"):
+                    with ContentSwitcher(initial="grid-scroll", id="views"):
+                        with VerticalScroll(id="grid-scroll"):
+                            yield AttentionGrid(id="grid")
+                        with VerticalScroll(id="matrix-scroll"):
+                            yield MatrixView(id="matrix")
+                    yield OptionList(id="alternatives")
+        yield Static("", id="live-preview")
+        yield HistoryInput(id="prompt", placeholder="Type a sentence and press Enter  (F1 help)")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#alternatives", OptionList).border_title = "alternatives"
+        prompt = self.query_one("#prompt", HistoryInput)
+        for item in self.store.load_history():
+            prompt.remember(item)
+        for rec in self.store.load_transcript():
+            meta = {k: rec[k] for k in ("elapsed_s", "score", "nbest") if k in rec}
+            ex = Exchange(self._next_exchange_id(), str(rec["source"]), str(rec.get("strategy", "")), str(rec.get("model", "")),
+                          status="restored", restored_text=str(rec.get("translation", "")), restored_meta=meta)
+            self.exchanges.append(ex)
+        if self.exchanges:
+            self.query_one("#welcome").display = False
+            self.query_one("#transcript").mount_all([ExchangeView(ex, id=f"ex-{ex.id}") for ex in self.exchanges])
+        prompt.focus()
+        self._update_subtitle()
+        self.on_resize()
+        self.load_model(self.model_path)
+
+    def on_resize(self, event=None) -> None:
+        self.screen.set_class(self.size.width >= WIDE_COLUMNS, "wide")
+
+    def _update_subtitle(self) -> None:
+        strategy = self.decode_config.describe()
+        if self.translator is None:
+            model = f"loading {self.model_path.name}…" if self.loading else "no model"
+        else:
+            model = f"{self.translator.name} ({self.translator.source_lang}→{self.translator.target_lang})"
+        flags = " · live" if self.live else ""
+        self.sub_title = f"{model} · {strategy}{flags}"
+
+    def watch_decode_config(self) -> None:
+        self._update_subtitle()
+
+    # -- model loading ----------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="load")
+    def load_model(self, path: Path) -> None:
+        self.loading = True
+        self.call_from_thread(self._update_subtitle)
+        start = time.perf_counter()
+        try:
+            translator = self.loader(path)
+        except Exception as e:  # noqa: BLE001 - any failure becomes a notification
+            self.post_message(ModelFailed(str(path), str(e).splitlines()[0] if str(e) else type(e).__name__))
+            return
+        self.post_message(ModelLoaded(translator, time.perf_counter() - start))
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.translator = message.translator
+        self.loading = False
+        self.model_path = Path(getattr(self.translator, "path", self.model_path))
+        self._update_subtitle()
+        self.notify(f"Model {self.translator.name} ready ({message.seconds:.1f} s)", timeout=3)
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self._start_request(*pending)
+
+    def on_model_failed(self, message: ModelFailed) -> None:
+        self.loading = False
+        self._update_subtitle()
+        self.notify(f"Could not load the model: {message.error}", severity="error", timeout=10)
+
+    # -- translating ------------------------------------------------------------------------------
+    @on(Input.Submitted, "#prompt")
+    def on_prompt_submitted(self, event: Input.Submitted) -> None:
+        text = event.value
+        if not text.strip():
+            self.notify("Type a sentence to translate (empty input is not translated).", severity="warning", timeout=3)
+            return
+        if len(text) > MAX_INPUT_CHARS:
+            self.notify(f"Input is {len(text)} characters; the limit is {MAX_INPUT_CHARS}. Nothing was translated.",
+                        severity="error", timeout=6)
+            return
+        prompt = self.query_one("#prompt", HistoryInput)
+        prompt.remember(text)
+        self.store.save_history(prompt.history)
+        prompt.value = ""
+        self._cancel_live()
+        self.translate(text)
+
+    def translate(self, text: str, config: DecodeConfig | None = None, prefix: list[int] | None = None, note: str = "") -> Exchange:
+        """Add an exchange for `text` and start decoding it (queued until the model is loaded)."""
+        config = config or self.decode_config
+        self.last_input = text
+        label = config.describe() + (f" · {note}" if note else "")
+        model = self.translator.name if self.translator is not None else self.model_path.name
+        ex = Exchange(self._next_exchange_id(), text, label, model)
+        if self.running_exchange is not None and self.running_exchange.status == "running":
+            self.running_exchange.status = "cancelled"
+            self._refresh_view(self.running_exchange)
+        self.exchanges.append(ex)
+        self.query_one("#welcome").display = False
+        transcript = self.query_one("#transcript", VerticalScroll)
+        transcript.mount(ExchangeView(ex, id=f"ex-{ex.id}"))
+        transcript.scroll_end(animate=False)
+        if self.translator is None:
+            ex.partial = "waiting for the model to load…"
+            self.pending = (ex, config, prefix)
+        else:
+            self._start_request(ex, config, prefix)
+        return ex
+
+    def _start_request(self, ex: Exchange, config: DecodeConfig, prefix: list[int] | None) -> None:
+        self.request_id += 1
+        self.running_exchange = ex
+        ex.request_id = self.request_id  # type: ignore[attr-defined]
+        ex.model = self.translator.name
+        self.decode(self.request_id, self.translator, ex.source, config, prefix)
+
+    @work(thread=True, exclusive=True, group="decode")
+    def decode(self, request_id: int, translator, text: str, config: DecodeConfig, prefix: list[int] | None) -> None:
+        worker = get_current_worker()
+        try:
+            for event in translator.stream(text, config, attention=True, prefix=prefix, cancelled=lambda: worker.is_cancelled):
+                if worker.is_cancelled:
+                    return
+                if isinstance(event, Translation):
+                    self.post_message(TranslationDone(request_id, event))
+                else:
+                    self.post_message(TranslationProgress(request_id, event))
+        except Cancelled:
+            return
+        except Exception as e:  # noqa: BLE001 - errors become notifications, never crashes
+            self.post_message(TranslationFailed(request_id, str(e).splitlines()[0] if str(e) else type(e).__name__))
+
+    def _exchange_for(self, request_id: int) -> Exchange | None:
+        ex = self.running_exchange
+        if ex is None or getattr(ex, "request_id", None) != request_id or request_id != self.request_id:
+            return None  # superseded: a newer request owns the screen
+        return ex
+
+    def _view(self, ex: Exchange) -> ExchangeView | None:
+        try:
+            return self.query_one(f"#ex-{ex.id}", ExchangeView)
+        except Exception:
+            return None
+
+    def _refresh_view(self, ex: Exchange) -> None:
+        view = self._view(ex)
+        if view is not None:
+            view.refresh_exchange()
+            for strip in view.strips():
+                strip.confidence = self.confidence
+
+    def on_translation_progress(self, message: TranslationProgress) -> None:
+        ex = self._exchange_for(message.request_id)
+        if ex is None:
+            return
+        view = self._view(ex)
+        if view is not None:
+            view.update_partial(message.partial.text, message.partial.step)
+
+    def on_translation_done(self, message: TranslationDone) -> None:
+        ex = self._exchange_for(message.request_id)
+        if ex is None:
+            return
+        ex.translation = message.translation
+        ex.status = "done"
+        self.running_exchange = None
+        self._refresh_view(ex)
+        self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
+        self._save_transcript()
+        if message.translation.hypotheses and message.translation.best.pieces:
+            self.select_token(ex.id, 0, 0)
+
+    def on_translation_failed(self, message: TranslationFailed) -> None:
+        ex = self._exchange_for(message.request_id)
+        if ex is None:
+            return
+        ex.status, ex.error = "failed", message.error
+        self.running_exchange = None
+        self._refresh_view(ex)
+        self.notify(f"Translation failed: {message.error}", severity="error", timeout=8)
+
+    def _save_transcript(self) -> None:
+        try:
+            self.store.save_transcript([e.to_record() for e in self.exchanges if e.status in ("done", "restored")])
+        except OSError as e:
+            self.notify(f"Could not save the transcript: {e}", severity="warning")
+
+    def _next_exchange_id(self) -> int:
+        return (max((e.id for e in self.exchanges), default=0)) + 1
+
+    # -- live mode --------------------------------------------------------------------------------
+    @on(Input.Changed, "#prompt")
+    def on_prompt_changed(self, event: Input.Changed) -> None:
+        if not self.live:
+            return
+        if self._live_timer is not None:
+            self._live_timer.stop()
+        self._live_timer = self.set_timer(LIVE_DEBOUNCE_S, self._live_translate)
+
+    def _live_translate(self) -> None:
+        text = self.query_one("#prompt", HistoryInput).value
+        preview = self.query_one("#live-preview", Static)
+        if not text.strip() or self.translator is None or len(text) > MAX_INPUT_CHARS:
+            preview.update("")
+            return
+        self.live_request_id += 1
+        self.live_decode(self.live_request_id, self.translator, text, self.decode_config)
+
+    @work(thread=True, exclusive=True, group="live")
+    def live_decode(self, request_id: int, translator, text: str, config: DecodeConfig) -> None:
+        worker = get_current_worker()
+        try:
+            for event in translator.stream(text, config, attention=False, cancelled=lambda: worker.is_cancelled):
+                if worker.is_cancelled:
+                    return
+                shown = event.text
+                self.call_from_thread(self._show_live, request_id, shown, isinstance(event, PartialTranslation))
+        except Cancelled:
+            return
+        except Exception as e:  # noqa: BLE001
+            self.call_from_thread(self._show_live, request_id, f"(live translation failed: {e})", False)
+
+    def _show_live(self, request_id: int, text: str, partial: bool) -> None:
+        if request_id != self.live_request_id or not self.live:
+            return
+        self.query_one("#live-preview", Static).update(f"[dim]live ›[/] {text}{' …' if partial else ''}")
+
+    def _cancel_live(self) -> None:
+        if self._live_timer is not None:
+            self._live_timer.stop()
+            self._live_timer = None
+        self.live_request_id += 1
+        self.workers.cancel_group(self, "live")
+        self.query_one("#live-preview", Static).update("")
+
+    def watch_live(self, live: bool) -> None:
+        self.query_one("#live-preview", Static).display = live
+        self._update_subtitle()
+        if not live:
+            self._cancel_live()
+        else:
+            self.on_prompt_changed(None)  # type: ignore[arg-type]
+
+    # -- selection and the inspector ----------------------------------------------------------------
+    def on_token_selected(self, message: TokenSelected) -> None:
+        self.select_token(message.exchange_id, message.hypothesis, message.token, from_strip=True)
+
+    def _find(self, exchange_id: int) -> Exchange | None:
+        return next((e for e in self.exchanges if e.id == exchange_id), None)
+
+    def selected_translation(self) -> tuple[Exchange, Translation, int, int] | None:
+        if self.selection is None:
+            return None
+        ex = self._find(self.selection[0])
+        if ex is None or ex.translation is None:
+            return None
+        return ex, ex.translation, self.selection[1], self.selection[2]
+
+    def select_token(self, exchange_id: int, hypothesis: int, token: int, from_strip: bool = False) -> None:
+        ex = self._find(exchange_id)
+        if ex is None or ex.translation is None or hypothesis >= len(ex.translation.hypotheses):
+            return
+        self.selection = (exchange_id, hypothesis, token)
+        view = self._view(ex)
+        for other in self.query(TokenStrip):
+            mine = view is not None and other.parent is not None and other.parent.parent is view and other.index == hypothesis
+            other.selected = token if mine else -1
+        self._update_inspector()
+
+    def _update_inspector(self) -> None:
+        got = self.selected_translation()
+        grid = self.query_one("#grid", AttentionGrid)
+        matrix = self.query_one("#matrix", MatrixView)
+        alts = self.query_one("#alternatives", OptionList)
+        title = self.query_one("#inspector-title", Static)
+        if got is None:
+            grid.set_data(None, [], "")
+            matrix.set_data(None, 0, 0, (0, 0), grid.aggregate)
+            alts.clear_options()
+            return
+        ex, t, hi, ti = got
+        h = t.hypotheses[hi]
+        ti = min(ti, len(h.pieces) - 1)
+        piece = display_piece(h.pieces[ti])
+        prob = h.token_probs[ti]
+        forced = " (forced)" if ti < h.prefix_length else ""
+        title.update(f"[b]{piece}[/b]{forced} · p={prob:.3f} · token {ti + 1}/{len(h.pieces)} · "
+                     f"{'hypothesis ' + str(hi + 1) + ' · ' if len(t.hypotheses) > 1 else ''}#{ex.id} {t.config.describe()}")
+        weights = h.attention.cross[:, :, ti, :] if h.attention is not None else None  # (L, H, S)
+        grid.set_data(weights, t.source_labels(), piece)
+        matrix.set_data(t, hi, ti, grid.cursor, grid.aggregate)
+        alts.clear_options()
+        chosen = h.token_ids[ti]
+        options = []
+        for k, a in enumerate(h.alternatives[ti]):
+            mark = "●" if a.token_id == chosen else " "
+            options.append(Option(f"{mark} {a.prob:6.3f}  {display_piece(a.piece)}", id=f"alt-{k}"))
+        alts.add_options(options)
+
+    def watch_show_matrix(self, show: bool) -> None:
+        self.query_one("#views", ContentSwitcher).current = "matrix-scroll" if show else "grid-scroll"
+
+    def on_cell_focused(self, message: CellFocused) -> None:
+        self._sync_matrix()
+
+    def _sync_matrix(self) -> None:
+        grid = self.query_one("#grid", AttentionGrid)
+        matrix = self.query_one("#matrix", MatrixView)
+        got = self.selected_translation()
+        if got is not None:
+            matrix.set_data(got[1], got[2], got[3], grid.cursor, grid.aggregate)
+
+    @on(OptionList.OptionSelected, "#alternatives")
+    def on_alternative_selected(self, event: OptionList.OptionSelected) -> None:
+        got = self.selected_translation()
+        if got is None or self.translator is None:
+            return
+        ex, t, hi, ti = got
+        h = t.hypotheses[hi]
+        k = event.option_index
+        if ti >= len(h.alternatives) or k >= len(h.alternatives[ti]):
+            return
+        alt = h.alternatives[ti][k]
+        if alt.piece == "</s>":
+            self.notify("Choosing </s> would end the translation here; nothing to re-translate.", timeout=3)
+            return
+        prefix = list(h.token_ids[:ti]) + [alt.token_id]
+        self.translate(t.source, t.config, prefix=prefix, note=f"forced “{display_piece(alt.piece)}” at token {ti + 1}")
+
+    # -- actions --------------------------------------------------------------------------------------
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_strategy(self) -> None:
+        def done(result) -> None:
+            if result is None:
+                return
+            config, rerun = result
+            self.decode_config = config
+            self.notify(f"Strategy: {config.describe()}", timeout=2)
+            if rerun:
+                self.action_rerun()
+
+        self.push_screen(DecodeScreen(self.decode_config), done)
+
+    def set_strategy(self, strategy: str) -> None:
+        self.decode_config = self.decode_config.with_(strategy=strategy, top_beams=self.decode_config.top_beams if strategy == "beam" else 1)
+
+    def action_rerun(self) -> None:
+        text = self.last_input or next((e.source for e in reversed(self.exchanges)), "")
+        if not text:
+            self.notify("Nothing to re-translate yet.", timeout=2)
+            return
+        self.translate(text)
+
+    def action_swap_model(self) -> None:
+        if len(self.models) < 2:
+            self.notify("No other model directory found.", severity="warning", timeout=3)
+            return
+        try:
+            i = self.models.index(self.model_path)
+        except ValueError:
+            i = -1
+        self.use_model(self.models[(i + 1) % len(self.models)])
+
+    def use_model(self, path: Path) -> None:
+        self.model_path = Path(path)
+        self.translator = None
+        self.load_model(self.model_path)
+        self._update_subtitle()
+
+    def action_toggle_matrix(self) -> None:
+        self.show_matrix = not self.show_matrix
+        self._sync_matrix()
+
+    def action_cycle_matrix_kind(self) -> None:
+        matrix = self.query_one("#matrix", MatrixView)
+        matrix.kind = MATRIX_KINDS[(MATRIX_KINDS.index(matrix.kind) + 1) % len(MATRIX_KINDS)]
+        self.show_matrix = True
+        self._sync_matrix()
+
+    def action_toggle_live(self) -> None:
+        self.live = not self.live
+        self.notify(f"Live mode {'on' if self.live else 'off'}", timeout=2)
+
+    def action_toggle_confidence(self) -> None:
+        self.confidence = not self.confidence
+
+    def watch_confidence(self, value: bool) -> None:
+        for strip in self.query(TokenStrip):
+            strip.confidence = value
+
+    def action_toggle_aggregate(self) -> None:
+        grid = self.query_one("#grid", AttentionGrid)
+        grid.aggregate = AGGREGATES[(AGGREGATES.index(grid.aggregate) + 1) % len(AGGREGATES)]
+        self._sync_matrix()
+
+    def action_leave_input(self) -> None:
+        if self.focused is not None and self.focused.id == "prompt":
+            strips = list(self.query(TokenStrip))
+            if strips:  # the best hypothesis of the last translated exchange
+                last = strips[-1].exchange_id
+                next(s for s in strips if s.exchange_id == last and s.index == 0).focus()
+        else:
+            self.query_one("#prompt").focus()
+
+    def action_copy(self) -> None:
+        got = self.selected_translation()
+        text = got[1].hypotheses[got[2]].text if got else next((e.text for e in reversed(self.exchanges) if e.text), "")
+        if not text:
+            self.notify("Nothing to copy yet.", timeout=2)
+            return
+        self.copy_to_clipboard(text)
+        self.notify(f"Copied: {text}", timeout=3)
+
+    def action_export_transcript(self) -> None:
+        try:
+            md, jsonl = export_transcript(self.exchanges, self.export_dir)
+        except OSError as e:
+            self.notify(f"Export failed: {e}", severity="error")
+            return
+        self.notify(f"Transcript exported to {md} and {jsonl}", timeout=8)
+
+    def action_export_attention(self) -> None:
+        got = self.selected_translation()
+        if got is None:
+            self.notify("Select an output token first.", severity="warning", timeout=3)
+            return
+        grid = self.query_one("#grid", AttentionGrid)
+        matrix = self.query_one("#matrix", MatrixView)
+        try:
+            paths = export_attention(self, got, grid, matrix, self.show_matrix, self.export_dir)
+        except OSError as e:
+            self.notify(f"Export failed: {e}", severity="error")
+            return
+        self.notify("Attention view exported: " + ", ".join(str(p) for p in paths), timeout=10)
+
+    # -- command palette ----------------------------------------------------------------------------
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Decoding strategy…", "Greedy, beam search or sampling and their parameters (F2)", self.action_strategy)
+        for s in ("greedy", "beam", "sample"):
+            yield SystemCommand(f"Strategy: {s}", f"Switch to {s} decoding with the current parameters", lambda s=s: self.set_strategy(s))
+        yield SystemCommand("Re-translate last input", "Run the last input again with the current strategy (F5)", self.action_rerun)
+        yield SystemCommand("Swap direction / next model", "Load the next model directory (F3)", self.action_swap_model)
+        for path in self.models:
+            yield SystemCommand(f"Use model: {path.name}", str(path), lambda p=path: self.use_model(p))
+        yield SystemCommand("Toggle full-matrix view", "Grid of heads ↔ target × source matrix (F4)", self.action_toggle_matrix)
+        yield SystemCommand("Cycle matrix kind", "Cross / encoder self / decoder self attention (F9)", self.action_cycle_matrix_kind)
+        yield SystemCommand("Toggle mean/max aggregation", "How the extra row and column combine heads and layers (F8)", self.action_toggle_aggregate)
+        yield SystemCommand("Toggle live mode", "Re-translate as you type (F6)", self.action_toggle_live)
+        yield SystemCommand("Toggle confidence colours", "Colour output tokens by probability (F7)", self.action_toggle_confidence)
+        yield SystemCommand("Copy translation", "Copy the selected translation to the clipboard (ctrl+y)", self.action_copy)
+        yield SystemCommand("Export transcript", "Markdown and JSONL (ctrl+s)", self.action_export_transcript)
+        yield SystemCommand("Export attention view", "SVG, HTML, CSV and JSON of the current view (ctrl+o)", self.action_export_attention)
+        yield SystemCommand("Help", "Keys and how to read the grid (F1)", self.action_help)

@@ -1,0 +1,54 @@
+"""Messages posted from workers to the app. Each carries the request id it answers, so a
+result from a cancelled or superseded request is recognised and dropped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from textual.message import Message
+
+from ..results import PartialTranslation, Translation
+
+
+@dataclass
+class ModelLoaded(Message):
+    translator: Any
+    seconds: float
+
+
+@dataclass
+class ModelFailed(Message):
+    path: str
+    error: str
+
+
+@dataclass
+class TranslationProgress(Message):
+    request_id: int
+    partial: PartialTranslation
+
+
+@dataclass
+class TranslationDone(Message):
+    request_id: int
+    translation: Translation
+
+
+@dataclass
+class TranslationFailed(Message):
+    request_id: int
+    error: str
+
+
+@dataclass
+class TokenSelected(Message):
+    exchange_id: int
+    hypothesis: int
+    token: int
+
+
+@dataclass
+class CellFocused(Message):
+    row: int
+    col: int

@@ -1,0 +1,177 @@
+"""One exchange of the transcript: the source, its translation(s) as selectable tokens, a label."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rich.style import Style
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Static
+
+from ...colormap import confidence_color
+from ...results import Hypothesis, Translation, WORD_START
+from ..messages import TokenSelected
+
+
+@dataclass
+class Exchange:
+    """The app's record of one request and its outcome."""
+
+    id: int
+    source: str
+    label: str  # strategy and parameters
+    model: str
+    translation: Translation | None = None
+    partial: str = ""
+    status: str = "running"  # running | done | cancelled | failed | restored
+    error: str = ""
+    restored_text: str = ""
+    restored_meta: dict = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        if self.translation is not None:
+            return self.translation.text
+        return self.restored_text or self.partial
+
+    def to_record(self) -> dict:
+        t = self.translation
+        rec = {"source": self.source, "translation": self.text, "strategy": self.label, "model": self.model, "status": self.status}
+        if t is not None:
+            rec.update({"elapsed_s": round(t.elapsed_s, 4), "score": round(t.best.score, 4) if t.hypotheses else None,
+                        "nbest": [h.text for h in t.hypotheses[1:]]})
+        elif self.restored_meta:
+            rec.update(self.restored_meta)
+        return rec
+
+
+def token_label(piece: str, index: int) -> str:
+    """How a target piece appears inside the running text of a translation."""
+    if piece == "</s>":
+        return " ⏎"
+    if piece.startswith(WORD_START):
+        body = piece[len(WORD_START):]
+        return body if index == 0 else " " + body
+    return piece
+
+
+class TokenStrip(Widget, can_focus=True):
+    """A hypothesis as individually selectable tokens (click, or focus and use ←/→)."""
+
+    BINDINGS = [
+        Binding("left", "move(-1)", "prev token", show=False),
+        Binding("right", "move(1)", "next token", show=False),
+        Binding("home", "move_to(0)", show=False),
+        Binding("end", "move_to(-1)", show=False),
+        Binding("up", "app.focus_previous", show=False),
+        Binding("down", "app.focus_next", show=False),
+    ]
+
+    selected: reactive[int] = reactive(-1)
+    confidence: reactive[bool] = reactive(False)
+
+    def __init__(self, exchange_id: int, index: int, hypothesis: Hypothesis, rank_label: str = "", **kw) -> None:
+        super().__init__(**kw)
+        self.exchange_id = exchange_id
+        self.index = index
+        self.hypothesis = hypothesis
+        self.rank_label = rank_label
+
+    def render(self) -> Text:
+        h = self.hypothesis
+        text = Text(self.rank_label, style="dim")
+        probs = h.token_probs
+        for i, piece in enumerate(h.pieces):
+            style = Style(meta={"@click": f"select({i})"})
+            if self.confidence:
+                style += Style.parse(confidence_color(probs[i]))
+            if piece == "</s>":
+                style += Style(dim=True)
+            if i < h.prefix_length:
+                style += Style(underline=True)
+            if i == self.selected:
+                style += Style(reverse=True, bold=True)
+            label = token_label(piece, i)
+            if label.startswith(" "):
+                text.append(" ")
+                label = label[1:]
+            text.append(label, style=style)
+        return text
+
+    def action_select(self, index: int) -> None:
+        self.focus()
+        self.selected = index
+        self.post_message(TokenSelected(self.exchange_id, self.index, index))
+
+    def action_move(self, delta: int) -> None:
+        n = len(self.hypothesis.pieces)
+        if n:
+            self.action_select(max(0, min(n - 1, (self.selected if self.selected >= 0 else -1 if delta > 0 else n) + delta)))
+
+    def action_move_to(self, index: int) -> None:
+        n = len(self.hypothesis.pieces)
+        if n:
+            self.action_select(index % n)
+
+    def on_focus(self) -> None:
+        if self.selected < 0 and self.hypothesis.pieces:
+            self.action_select(0)
+
+
+class ExchangeView(Vertical):
+    """Source, translation (tokens once done, growing text while decoding), n-best, a label."""
+
+    def __init__(self, exchange: Exchange, **kw) -> None:
+        super().__init__(classes="exchange", **kw)
+        self.exchange = exchange
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text("› ", style="bold") + Text(self.exchange.source), classes="source")
+        yield Vertical(classes="hypotheses")
+        yield Static(classes="meta")
+
+    def on_mount(self) -> None:
+        self.refresh_exchange()
+
+    def refresh_exchange(self) -> None:
+        ex = self.exchange
+        box = self.query_one(".hypotheses", Vertical)
+        meta = self.query_one(".meta", Static)
+        box.remove_children()
+        if ex.translation is not None and ex.translation.hypotheses and ex.translation.best.pieces:
+            t = ex.translation
+            strips = []
+            for i, h in enumerate(t.hypotheses):
+                rank = f"{i + 1}. " if len(t.hypotheses) > 1 else ""
+                strips.append(TokenStrip(ex.id, i, h, rank, classes="tokens" + (" nbest" if i else "")))
+            box.mount_all(strips)
+            score = f" · score {t.best.score:.3f}"
+            extra = "" if t.best.finished else " · stopped at the length limit"
+            nb = f" · {len(t.hypotheses)}-best" if len(t.hypotheses) > 1 else ""
+            meta.update(f"{ex.model} · {ex.label} · {t.elapsed_s * 1000:.0f} ms{score}{nb}{extra}")
+        elif ex.translation is not None:
+            box.mount(Static(Text(ex.translation.note or "(nothing to translate)", style="italic"), classes="note"))
+            meta.update(f"{ex.model} · {ex.label}")
+        elif ex.status == "restored":
+            box.mount(Static(Text(ex.restored_text), classes="restored"))
+            meta.update(f"{ex.model} · {ex.label} · from history (F5 on its source re-translates)")
+        else:
+            status = {"running": "translating…", "cancelled": "cancelled", "failed": f"failed: {ex.error}"}.get(ex.status, ex.status)
+            box.mount(Static(Text(ex.partial or "…", style="italic"), classes="partial"))
+            meta.update(f"{ex.model} · {ex.label} · {status}")
+
+    def update_partial(self, text: str, step: int) -> None:
+        self.exchange.partial = text
+        try:
+            self.query_one(".partial", Static).update(Text(text or "…", style="italic"))
+            self.query_one(".meta", Static).update(f"{self.exchange.model} · {self.exchange.label} · translating… step {step}")
+        except Exception:
+            self.refresh_exchange()
+
+    def strips(self) -> list[TokenStrip]:
+        return list(self.query(TokenStrip))
