@@ -1,0 +1,83 @@
+"""SVG snapshots of the main states at 80×24 and 120×40 (pytest-textual-snapshot).
+
+Regenerate after an intended visual change with: pytest tests/test_snapshots.py --snapshot-update
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import fake_loader
+from tui_translate.ui.app import TranslateApp
+from tui_translate.ui.store import Store
+
+SIZES = [(80, 24), (120, 40)]
+
+
+def make_app() -> TranslateApp:
+    return TranslateApp(fake_loader(), Path("/models/fr-en"), [Path("/models/fr-en"), Path("/models/en-fr")],
+                        store=Store(None), export_dir=Path("/nonexistent"))
+
+
+async def settle(pilot) -> None:
+    app = pilot.app
+    for _ in range(200):
+        if app.translator is not None and all(e.status != "running" for e in app.exchanges):
+            break
+        await pilot.pause(0.02)
+    await pilot.pause(0.1)
+    app.clear_notifications()
+    app.query_one("#prompt").cursor_blink = False
+    await pilot.pause(0.05)
+
+
+async def translated(pilot) -> None:
+    await settle(pilot)
+    pilot.app.query_one("#prompt").value = "je suis étudiant"
+    await pilot.press("enter")
+    await settle(pilot)
+    await pilot.press("escape", "right", "right")
+    await settle(pilot)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_empty(snap_compare, size):
+    assert snap_compare(make_app(), terminal_size=size, run_before=settle)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_translated_with_grid(snap_compare, size):
+    assert snap_compare(make_app(), terminal_size=size, run_before=translated)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_full_matrix_view(snap_compare, size):
+    async def run(pilot):
+        await translated(pilot)
+        await pilot.press("f4")
+        await settle(pilot)
+
+    assert snap_compare(make_app(), terminal_size=size, run_before=run)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_strategy_panel(snap_compare, size):
+    async def run(pilot):
+        await settle(pilot)
+        await pilot.press("f2")
+        await pilot.click("#strategy-beam")
+        await settle(pilot)
+
+    assert snap_compare(make_app(), terminal_size=size, run_before=run)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_help(snap_compare, size):
+    async def run(pilot):
+        await settle(pilot)
+        await pilot.press("f1")
+        await settle(pilot)
+
+    assert snap_compare(make_app(), terminal_size=size, run_before=run)
