@@ -44,6 +44,14 @@ class FakeTranslator:
         self.calls: list[tuple[str, DecodeConfig, list[int] | None]] = []
         self.vocab: list[str] = ["<pad>", "<s>", "</s>", "<unk>"]
 
+    def segments(self, text: str) -> list[str]:
+        from tui_translate.results import InputTooLong
+        from tui_translate.sentences import split_sentences
+
+        if len(text) > 20_000:
+            raise InputTooLong("input is over the 20,000-character limit; nothing was translated")
+        return split_sentences(text) if len(text.split()) > 8 else [text]
+
     def _id(self, piece: str) -> int:
         if piece not in self.vocab:
             self.vocab.append(piece)

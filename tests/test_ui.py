@@ -287,3 +287,21 @@ async def test_shipped_default_model_in_the_app(tmp_path):
         await wait_for(pilot, lambda: app.translator is not None, timeout=60)
         await submit(pilot, app, "Je suis étudiant.")
         assert "student" in app.exchanges[-1].text.lower()
+
+
+async def test_long_input_becomes_one_inspectable_exchange_per_sentence(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        app.query_one("#prompt").value = "Le chat dort. Il est petit ! Je suis étudiant et le chat est bon."
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(app.exchanges) == 3 and all(e.status == "done" for e in app.exchanges))
+        assert [e.source for e in app.exchanges] == ["Le chat dort.", "Il est petit !", "Je suis étudiant et le chat est bon."]
+        assert [e.label.split(" · ")[-1] for e in app.exchanges] == ["sentence 1/3", "sentence 2/3", "sentence 3/3"]
+        assert app.exchanges[1].text == "he is small"
+        app.select_token(app.exchanges[1].id, 0, 1)
+        np.testing.assert_allclose(app.query_one("#grid", AttentionGrid).weights,
+                                   app.exchanges[1].translation.best.attention.cross[:, :, 1, :])
+        app.query_one("#prompt").value = "x" * 6000
+        await pilot.press("enter")
+        assert len(app.exchanges) == 3 and any("limit" in n.message for n in app._notifications)

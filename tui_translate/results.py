@@ -20,6 +20,10 @@ from .config import DecodeConfig
 WORD_START = "▁"
 
 
+class InputTooLong(ValueError):
+    """The input exceeds the hard cap on characters; it is refused, never silently cut."""
+
+
 class Cancelled(Exception):
     """A streaming translation stopped because its `cancelled()` callback answered True."""
 
@@ -117,6 +121,7 @@ class Translation:
     first_token_s: float | None = None
     steps: int = 0
     note: str = ""  # e.g. why nothing was decoded
+    segments: list["Translation"] = field(default_factory=list)  # per sentence, when a long input was split
 
     @property
     def best(self) -> Hypothesis:
@@ -150,6 +155,8 @@ class Translation:
         }
         if self.note:
             d["note"] = self.note
+        if self.segments:
+            d["segments"] = [seg.to_dict(attention) for seg in self.segments]
         return d
 
 

@@ -135,6 +135,20 @@ def load_checkpoint(path: Path, model: Transformer, opt: torch.optim.Optimizer |
     return state
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """After a resume, drop log lines written after the checkpoint (they will be written again)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by the kill
+    write_text(path, "".join(x + "\n" for x in keep))
+
+
 def latest_good_checkpoint(out_dir: Path, model: Transformer, opt, console: Console) -> dict | None:
     """Load the newest readable checkpoint; a corrupt one is skipped with a warning."""
     for path in reversed(checkpoint_dirs(out_dir)):
@@ -241,6 +255,7 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
         if loaded is not None:
             state.update({k: loaded[k] for k in state if k in loaded})
             if d.main:
+                _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
                 console.print(f"resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
     elif d.main and checkpoint_dirs(out_dir):
         raise ValueError(f"{out_dir} already has checkpoints: pass --resume to continue, or choose another --out")

@@ -16,12 +16,16 @@ import torch
 from .checkpoint import LoadedModel, load_model_dir
 from .config import DecodeConfig, ModelConfig
 from .evaluate import pad_batch
-from .results import Alternative, AttentionMaps, Cancelled, Hypothesis, PartialTranslation, Translation
+from .results import Alternative, AttentionMaps, Cancelled, Hypothesis, InputTooLong, PartialTranslation, Translation
+from .sentences import split_sentences
 from .search import Hypothesis as RawHypothesis
 from .search import SearchDone, SearchStep, search
 from .tokenizer import Encoded
 
-__all__ = ["Cancelled", "Translator", "load_translator"]
+__all__ = ["Cancelled", "InputTooLong", "Translator", "load_translator"]
+
+MAX_INPUT_CHARS = 20_000  # hard cap: longer input is refused with a message
+SPLIT_TOKENS = 48  # inputs longer than this (in source tokens) are split into sentences
 
 
 class Translator:
@@ -67,6 +71,33 @@ class Translator:
                 "layers": f"{c.n_encoder_layers}+{c.n_decoder_layers}", "heads": c.n_heads, "d_model": c.d_model,
                 "vocab_size": c.vocab_size, "parameters": self.model.num_parameters()}
 
+    # -- segmentation -------------------------------------------------------------------------
+    def check_length(self, text: str) -> None:
+        if len(text) > MAX_INPUT_CHARS:
+            raise InputTooLong(f"input of {len(text):,} characters is over the {MAX_INPUT_CHARS:,}-character limit; nothing was translated")
+
+    def segments(self, text: str) -> list[str]:
+        """The pieces `text` is translated in: itself when short, else its sentences (a sentence
+        still longer than the model's positions is cut at word boundaries into chunks that fit)."""
+        self.check_length(text)
+        limit = min(SPLIT_TOKENS, self.config.max_positions - 1)
+        if len(self.tokenizer.encode_ids([text])[0]) <= limit:
+            return [text]
+        out = []
+        hard = self.config.max_positions - 1
+        for sentence in split_sentences(text):
+            words, chunk = sentence.split(), []
+            for word in words:
+                candidate = chunk + [word]
+                if chunk and len(self.tokenizer.encode_ids([" ".join(candidate)])[0]) > hard:
+                    out.append(" ".join(chunk))
+                    chunk = [word]
+                else:
+                    chunk = candidate
+            if chunk:
+                out.append(" ".join(chunk))
+        return out or [text]
+
     # -- translation --------------------------------------------------------------------------
     def piece_ids(self, pieces: list[str]) -> list[int]:
         return [self.tokenizer.target.token_to_id(p) for p in pieces]
@@ -83,6 +114,7 @@ class Translator:
         final `Translation` last. `prefix`: target ids forced at the start. `cancelled()` is polled
         between steps; when it answers True the stream raises `Cancelled`."""
         start = time.perf_counter()
+        self.check_length(text)
         enc = self._encode(text)
         if enc is None:
             yield self._empty(text, config, "empty input: nothing to translate")
@@ -117,6 +149,27 @@ class Translator:
     ) -> list[Translation]:
         """Translate many texts, `batch_size` at a time (similar lengths grouped together).
         Results come back in input order and equal one-by-one translation."""
+        pieces: list[str] = []
+        owner: list[tuple[int, int]] = []  # (text index, number of segments)
+        for i, text in enumerate(texts):
+            segs = self.segments(text) if text.strip() else [text]
+            owner.append((len(pieces), len(segs)))
+            pieces.extend(segs)
+        flat = self._translate_pieces(pieces, config, attention, batch_size)
+        results = []
+        for i, (start, n) in enumerate(owner):
+            if n == 1:
+                results.append(flat[start])
+            else:
+                segs = flat[start : start + n]
+                merged = Translation(texts[i], [], [], [], [Hypothesis(" ".join(s.text for s in segs if s.text), [], [], [], [],
+                                     sum(s.best.logprob for s in segs), sum(s.best.score for s in segs), all(s.best.finished for s in segs))],
+                                     config, self.name, sum(s.elapsed_s for s in segs), None, sum(s.steps for s in segs),
+                                     note=f"translated as {n} sentences", segments=segs)
+                results.append(merged)
+        return results
+
+    def _translate_pieces(self, texts: list[str], config: DecodeConfig, attention: bool, batch_size: int) -> list[Translation]:
         results: list[Translation | None] = [None] * len(texts)
         encoded = []
         for i, text in enumerate(texts):

@@ -116,7 +116,7 @@ class TranslateApp(App):
         self.exchanges: list[Exchange] = []
         self.request_id = 0
         self.live_request_id = 0
-        self.running_exchange: Exchange | None = None
+        self.running: list[Exchange] = []  # the exchanges of the current request
         self.pending: tuple | None = None
         self.selection: tuple[int, int, int] | None = None  # (exchange id, hypothesis, token)
         self.last_input = ""
@@ -213,7 +213,7 @@ class TranslateApp(App):
             self.notify("Type a sentence to translate (empty input is not translated).", severity="warning", timeout=3)
             return
         if len(text) > MAX_INPUT_CHARS:
-            self.notify(f"Input is {len(text)} characters; the limit is {MAX_INPUT_CHARS}. Nothing was translated.",
+            self.notify(f"Input is {len(text):,} characters; the limit is {MAX_INPUT_CHARS:,}. Nothing was translated.",
                         severity="error", timeout=6)
             return
         prompt = self.query_one("#prompt", HistoryInput)
@@ -223,56 +223,69 @@ class TranslateApp(App):
         self._cancel_live()
         self.translate(text)
 
-    def translate(self, text: str, config: DecodeConfig | None = None, prefix: list[int] | None = None, note: str = "") -> Exchange:
-        """Add an exchange for `text` and start decoding it (queued until the model is loaded)."""
+    def translate(self, text: str, config: DecodeConfig | None = None, prefix: list[int] | None = None, note: str = "") -> list[Exchange]:
+        """Add exchanges for `text` (one per sentence when a long input is split) and start decoding
+        them in order; queued until the model is loaded."""
         config = config or self.decode_config
         self.last_input = text
-        label = config.describe() + (f" · {note}" if note else "")
+        segments = [text]
+        if self.translator is not None and prefix is None and hasattr(self.translator, "segments"):
+            try:
+                segments = self.translator.segments(text)
+            except ValueError as e:
+                self.notify(str(e), severity="error", timeout=8)
+                return []
+        for ex in self.running:
+            if ex.status == "running":
+                ex.status = "cancelled"
+                self._refresh_view(ex)
         model = self.translator.name if self.translator is not None else self.model_path.name
-        ex = Exchange(self._next_exchange_id(), text, label, model)
-        if self.running_exchange is not None and self.running_exchange.status == "running":
-            self.running_exchange.status = "cancelled"
-            self._refresh_view(self.running_exchange)
-        self.exchanges.append(ex)
+        exchanges = []
+        for i, segment in enumerate(segments):
+            label = config.describe() + (f" · {note}" if note else "") + (f" · sentence {i + 1}/{len(segments)}" if len(segments) > 1 else "")
+            exchanges.append(Exchange(self._next_exchange_id(exchanges), segment, label, model))
+        self.exchanges.extend(exchanges)
         self.query_one("#welcome").display = False
         transcript = self.query_one("#transcript", VerticalScroll)
-        transcript.mount(ExchangeView(ex, id=f"ex-{ex.id}"))
+        transcript.mount_all([ExchangeView(ex, id=f"ex-{ex.id}") for ex in exchanges])
         transcript.scroll_end(animate=False)
+        self.running = exchanges
         if self.translator is None:
-            ex.partial = "waiting for the model to load…"
-            self.pending = (ex, config, prefix)
+            for ex in exchanges:
+                ex.partial = "waiting for the model to load…"
+            self.pending = (exchanges, config, prefix)
         else:
-            self._start_request(ex, config, prefix)
-        return ex
+            self._start_request(exchanges, config, prefix)
+        return exchanges
 
-    def _start_request(self, ex: Exchange, config: DecodeConfig, prefix: list[int] | None) -> None:
+    def _start_request(self, exchanges: list[Exchange], config: DecodeConfig, prefix: list[int] | None) -> None:
         self.request_id += 1
-        self.running_exchange = ex
-        ex.request_id = self.request_id  # type: ignore[attr-defined]
-        ex.model = self.translator.name
-        self.decode(self.request_id, self.translator, ex.source, config, prefix)
+        self.running = exchanges
+        for ex in exchanges:
+            ex.model = self.translator.name
+        self.decode(self.request_id, self.translator, [ex.source for ex in exchanges], config, prefix)
 
     @work(thread=True, exclusive=True, group="decode")
-    def decode(self, request_id: int, translator, text: str, config: DecodeConfig, prefix: list[int] | None) -> None:
+    def decode(self, request_id: int, translator, texts: list[str], config: DecodeConfig, prefix: list[int] | None) -> None:
         worker = get_current_worker()
-        try:
-            for event in translator.stream(text, config, attention=True, prefix=prefix, cancelled=lambda: worker.is_cancelled):
-                if worker.is_cancelled:
-                    return
-                if isinstance(event, Translation):
-                    self.post_message(TranslationDone(request_id, event))
-                else:
-                    self.post_message(TranslationProgress(request_id, event))
-        except Cancelled:
-            return
-        except Exception as e:  # noqa: BLE001 - errors become notifications, never crashes
-            self.post_message(TranslationFailed(request_id, str(e).splitlines()[0] if str(e) else type(e).__name__))
+        for index, text in enumerate(texts):
+            try:
+                for event in translator.stream(text, config, attention=True, prefix=prefix, cancelled=lambda: worker.is_cancelled):
+                    if worker.is_cancelled:
+                        return
+                    if isinstance(event, Translation):
+                        self.post_message(TranslationDone(request_id, event, index))
+                    else:
+                        self.post_message(TranslationProgress(request_id, event, index))
+            except Cancelled:
+                return
+            except Exception as e:  # noqa: BLE001 - errors become notifications, never crashes
+                self.post_message(TranslationFailed(request_id, str(e).splitlines()[0] if str(e) else type(e).__name__, index))
 
-    def _exchange_for(self, request_id: int) -> Exchange | None:
-        ex = self.running_exchange
-        if ex is None or getattr(ex, "request_id", None) != request_id or request_id != self.request_id:
+    def _exchange_for(self, request_id: int, index: int) -> Exchange | None:
+        if request_id != self.request_id or index >= len(self.running):
             return None  # superseded: a newer request owns the screen
-        return ex
+        return self.running[index]
 
     def _view(self, ex: Exchange) -> ExchangeView | None:
         try:
@@ -288,7 +301,7 @@ class TranslateApp(App):
                 strip.confidence = self.confidence
 
     def on_translation_progress(self, message: TranslationProgress) -> None:
-        ex = self._exchange_for(message.request_id)
+        ex = self._exchange_for(message.request_id, message.index)
         if ex is None:
             return
         view = self._view(ex)
@@ -296,12 +309,11 @@ class TranslateApp(App):
             view.update_partial(message.partial.text, message.partial.step)
 
     def on_translation_done(self, message: TranslationDone) -> None:
-        ex = self._exchange_for(message.request_id)
+        ex = self._exchange_for(message.request_id, message.index)
         if ex is None:
             return
         ex.translation = message.translation
         ex.status = "done"
-        self.running_exchange = None
         self._refresh_view(ex)
         self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
         self._save_transcript()
@@ -309,11 +321,10 @@ class TranslateApp(App):
             self.select_token(ex.id, 0, 0)
 
     def on_translation_failed(self, message: TranslationFailed) -> None:
-        ex = self._exchange_for(message.request_id)
+        ex = self._exchange_for(message.request_id, message.index)
         if ex is None:
             return
         ex.status, ex.error = "failed", message.error
-        self.running_exchange = None
         self._refresh_view(ex)
         self.notify(f"Translation failed: {message.error}", severity="error", timeout=8)
 
@@ -323,8 +334,8 @@ class TranslateApp(App):
         except OSError as e:
             self.notify(f"Could not save the transcript: {e}", severity="warning")
 
-    def _next_exchange_id(self) -> int:
-        return (max((e.id for e in self.exchanges), default=0)) + 1
+    def _next_exchange_id(self, extra: list[Exchange] = ()) -> int:
+        return max((e.id for e in [*self.exchanges, *extra]), default=0) + 1
 
     # -- live mode --------------------------------------------------------------------------------
     @on(Input.Changed, "#prompt")

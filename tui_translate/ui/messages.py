@@ -27,18 +27,21 @@ class ModelFailed(Message):
 class TranslationProgress(Message):
     request_id: int
     partial: PartialTranslation
+    index: int = 0  # which sentence of a split input
 
 
 @dataclass
 class TranslationDone(Message):
     request_id: int
     translation: Translation
+    index: int = 0
 
 
 @dataclass
 class TranslationFailed(Message):
     request_id: int
     error: str
+    index: int = 0
 
 
 @dataclass
