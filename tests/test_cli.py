@@ -75,7 +75,7 @@ def test_bad_flag_value_is_one_line(model_dir):
     assert proc.returncode == 2 and proc.stderr.decode().count("\n") == 1
 
 
-@pytest.mark.parametrize("command", [[], ["translate"], ["train"], ["eval"], ["app"]])
+@pytest.mark.parametrize("command", [[], ["translate"], ["train"], ["eval"], ["bench"], ["app"]])
 def test_help_is_complete(command):
     proc = cli(*command, "--help")
     text = proc.stdout.decode()
@@ -87,5 +87,5 @@ def test_help_is_complete(command):
             for opt in action.option_strings:
                 assert opt in text
     else:
-        for name in ("translate", "train", "eval", "app"):
+        for name in ("translate", "train", "eval", "bench", "app"):
             assert name in text

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .paths import default_model_dir
 
-SUBCOMMANDS = ("translate", "train", "eval", "app")
+SUBCOMMANDS = ("translate", "train", "eval", "bench", "app")
+DEFAULT_BENCH_TSV = "../shared/corpora/tatoeba-fr-en/valid.fr-en.tsv"
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
@@ -122,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.add_argument("--threads", type=int, default=0)
 
+    p = sub.add_parser("bench", help="measure decoding speed (and a training step) against peer engines",
+                       description="Interleaved speed measurement on the same sentences: this project's fast and capture paths, "
+                       "and transformers / CTranslate2 on the exported weights when installed (else reported as skipped).")
+    p.add_argument("--tsv", default=DEFAULT_BENCH_TSV, metavar="TSV", help=f"French<TAB>English sentences (default: {DEFAULT_BENCH_TSV})")
+    _add_model_arg(p)
+    p.add_argument("--sentences", type=int, default=200, metavar="N", help="sentences to decode (default: 200)")
+    p.add_argument("--threads", type=int, default=2, metavar="N", help="torch CPU threads (default: 2)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="batch sizes (default: 1 32)")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers as JSON to FILE")
+    p.add_argument("--no-peers", action="store_true", help="measure only this project's engine")
+
     p = sub.add_parser("app", help="open the interactive app (the default when no command is given)")
     _add_app_args(p)
     return parser
@@ -146,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_train(args)
         if args.command == "eval":
             return _run_eval(args)
+        if args.command == "bench":
+            return _run_bench(args)
         return _run_app(args)
     except KeyboardInterrupt:
         return 130
@@ -180,6 +194,22 @@ def _run_app(args: argparse.Namespace) -> int:
     store = Store(None if args.clean else data_dir())
     app = TranslateApp(loader, model, models, store=store, export_dir=data_dir() / "exports")
     app.run()
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from .bench import run_bench
+    from .data import read_pairs
+    from .translator import load_translator
+
+    torch.set_num_threads(args.threads)
+    translator = load_translator(args.model)
+    direction = f"{translator.source_lang}-{translator.target_lang}"
+    pairs = read_pairs(args.tsv, direction if direction in ("fr-en", "en-fr") else "fr-en", args.sentences)
+    run_bench(translator, [s for s, _ in pairs], Console(), tuple(args.batch_sizes), args.json, peers=not args.no_peers)
     return 0
 
 

@@ -1,0 +1,209 @@
+"""`tui-translate bench`: decoding speed (and one training step) measured in one run, interleaved.
+
+Engines on identical weights: this project's fast path (no attention kept), its capture path
+(all attention kept), and, when installed, Hugging Face `transformers` generate() and
+CTranslate2 on the model exported to Marian format (skipped, with the reason, otherwise).
+Strategies greedy and beam 5; batch sizes 1 and 32. Batch 1 reports median and p90 ms per
+sentence and the time to the first streamed token; batch 32 reports ms per sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .atomic import write_text
+from .config import DecodeConfig
+from .evaluate import pad_batch
+from .search import SearchStep, search
+from .translator import Translator
+
+STRATEGIES = {"greedy": DecodeConfig(strategy="greedy"), "beam5": DecodeConfig(strategy="beam", beam_size=5, length_penalty=0.6)}
+
+
+@dataclass
+class Measure:
+    engine: str
+    strategy: str
+    batch: int
+    seconds: list[float] = field(default_factory=list)  # per call (one sentence at batch 1, one batch otherwise)
+    sizes: list[int] = field(default_factory=list)  # sentences per call
+    target_tokens: int = 0
+    first_token: list[float] = field(default_factory=list)
+
+    def row(self) -> dict:
+        per_sentence = sorted(1000 * s / n for s, n in zip(self.seconds, self.sizes))
+        total = sum(self.seconds)
+        return {
+            "engine": self.engine, "strategy": self.strategy, "batch": self.batch,
+            "median_ms_per_sentence": round(statistics.median(per_sentence), 2),
+            "p90_ms_per_sentence": round(per_sentence[min(len(per_sentence) - 1, int(0.9 * len(per_sentence)))], 2),
+            "target_tokens_per_s": round(self.target_tokens / total, 1) if total else None,
+            "first_token_ms": round(statistics.median(self.first_token) * 1000, 2) if self.first_token else None,
+            "sentences": sum(self.sizes),
+        }
+
+
+def _ours(translator: Translator, attention: bool) -> Callable[[list[str], DecodeConfig], tuple[int, float | None]]:
+    model, tok = translator.model, translator.tokenizer
+
+    def run(texts: list[str], config: DecodeConfig) -> tuple[int, float | None]:
+        src = pad_batch(tok.encode_ids(texts), model.config.pad_id)
+        start = time.perf_counter()
+        first = None
+        final = None
+        for event in search(model, src, config, need_weights=attention):
+            if first is None and isinstance(event, SearchStep):
+                first = time.perf_counter() - start
+            final = event
+        return sum(len(h[0].tokens) for h in final.hypotheses), first
+
+    return run
+
+
+def _peer_engines(translator: Translator, console: Console) -> tuple[dict, dict]:
+    """transformers / CTranslate2 engines when they and an exported copy are available; else reasons."""
+    engines, skipped = {}, {}
+    try:
+        from .marian import export_marian
+    except ImportError as e:
+        return engines, {"transformers": f"Marian export unavailable ({e})", "ctranslate2": f"Marian export unavailable ({e})"}
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        skipped["transformers"] = "not installed (pip install 'tui-translate[bench]')"
+        skipped["ctranslate2"] = "needs transformers for the conversion (pip install 'tui-translate[bench]')"
+        return engines, skipped
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="tui-translate-bench-"))
+    hf_dir = export_marian(translator.path, tmp / "hf")
+    from transformers import MarianMTModel, MarianTokenizer
+
+    hf_model = MarianMTModel.from_pretrained(hf_dir).eval()
+    hf_tok = MarianTokenizer.from_pretrained(hf_dir)
+
+    def hf(texts: list[str], config: DecodeConfig) -> tuple[int, None]:
+        enc = hf_tok(texts, return_tensors="pt", padding=True)
+        kw = dict(num_beams=config.beam_size if config.strategy == "beam" else 1, do_sample=False,
+                  length_penalty=config.length_penalty, max_new_tokens=int(enc["input_ids"].shape[1] * 1.5 + 10))
+        with torch.inference_mode():
+            out = hf_model.generate(**enc, **kw)
+        return int(out.ne(hf_model.config.pad_token_id).sum()), None
+
+    engines["transformers"] = hf
+    try:
+        import ctranslate2
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        skipped["ctranslate2"] = "not installed (pip install 'tui-translate[bench]')"
+        return engines, skipped
+    for quant in ("float32", "int8"):
+        out_dir = tmp / f"ct2-{quant}"
+        TransformersConverter(str(hf_dir)).convert(str(out_dir), quantization=quant, force=True)
+        ct = ctranslate2.Translator(str(out_dir), device="cpu", intra_threads=torch.get_num_threads(), inter_threads=1)
+
+        def run(texts: list[str], config: DecodeConfig, ct=ct) -> tuple[int, None]:
+            toks = [hf_tok.convert_ids_to_tokens(hf_tok(t)["input_ids"]) for t in texts]
+            res = ct.translate_batch(toks, beam_size=config.beam_size if config.strategy == "beam" else 1,
+                                     length_penalty=config.length_penalty, max_batch_size=len(texts))
+            return sum(len(r.hypotheses[0]) + 1 for r in res), None
+
+        engines[f"ctranslate2-{quant}"] = run
+    return engines, skipped
+
+
+def training_throughput(translator: Translator, steps: int = 6, batch: int = 96, length: int = 16) -> dict:
+    """Tokens/s of one optimiser step: this project's model vs torch.nn.Transformer of the same size."""
+    from .model import Transformer
+
+    c = translator.config
+    torch.manual_seed(0)
+    ours = Transformer(c).train()
+    ref_core = torch.nn.Transformer(d_model=c.d_model, nhead=c.n_heads, num_encoder_layers=c.n_encoder_layers,
+                                    num_decoder_layers=c.n_decoder_layers, dim_feedforward=c.d_ff, dropout=c.dropout,
+                                    batch_first=True, norm_first=c.norm_placement == "pre").train()
+    embed = torch.nn.Embedding(c.vocab_size, c.d_model)
+    out_proj = torch.nn.Linear(c.d_model, c.vocab_size, bias=False)
+    out_proj.weight = embed.weight
+    src = torch.randint(4, c.vocab_size, (batch, length))
+    tgt = torch.randint(4, c.vocab_size, (batch, length))
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(length)
+
+    def ref_forward():
+        h = ref_core(embed(src), embed(tgt), tgt_mask=causal, tgt_is_causal=True)
+        return out_proj(h)
+
+    results = {}
+    for name, params, forward in (("tui-translate", list(ours.parameters()), lambda: ours(src, tgt)),
+                                  ("torch.nn.Transformer", [*ref_core.parameters(), *embed.parameters()], ref_forward)):
+        opt = torch.optim.Adam(params, lr=1e-4)
+        times = []
+        for i in range(steps + 2):
+            start = time.perf_counter()
+            logits = forward()
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, c.vocab_size), tgt.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        results[name] = round(2 * batch * length / statistics.median(times), 1)
+    return results
+
+
+def run_bench(translator: Translator, texts: list[str], console: Console, batch_sizes=(1, 32), json_path: str | None = None,
+              peers: bool = True) -> dict:
+    engines: dict[str, Callable] = {"ours-fast": _ours(translator, False), "ours-capture": _ours(translator, True)}
+    skipped: dict[str, str] = {}
+    if peers:
+        more, skipped = _peer_engines(translator, console)
+        engines.update(more)
+    for name, why in skipped.items():
+        console.print(f"[yellow]skipped[/] {name}: {why}")
+    measures: dict[tuple, Measure] = {}
+    # warm-up
+    for run in engines.values():
+        for cfg in STRATEGIES.values():
+            run(texts[:2], cfg)
+    for strategy, cfg in STRATEGIES.items():
+        for bs in batch_sizes:
+            chunks = [texts[i : i + bs] for i in range(0, len(texts), bs)]
+            for chunk in chunks:  # interleaved: every engine runs the same chunk before the next chunk
+                for name, run in engines.items():
+                    m = measures.setdefault((name, strategy, bs), Measure(name, strategy, bs))
+                    start = time.perf_counter()
+                    n_tok, first = run(chunk, cfg)
+                    m.seconds.append(time.perf_counter() - start)
+                    m.sizes.append(len(chunk))
+                    m.target_tokens += n_tok
+                    if first is not None and bs == 1:
+                        m.first_token.append(first)
+    rows = [m.row() for m in measures.values()]
+    for r in rows:
+        base = measures[("ours-fast", r["strategy"], r["batch"])].row()["median_ms_per_sentence"]
+        r["ratio_to_ours_fast"] = round(r["median_ms_per_sentence"] / base, 2) if base else None
+    train = training_throughput(translator)
+    report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts),
+              "torch": torch.__version__, "rows": rows, "skipped": skipped, "training_tokens_per_s": train}
+    table = Table(title=f"tui-translate bench · {translator.name} · {len(texts)} sentences · {torch.get_num_threads()} threads")
+    for col in ("engine", "strategy", "batch", "median ms/sent", "p90 ms/sent", "tgt tok/s", "first token ms", "× ours-fast"):
+        table.add_column(col, justify="right" if col not in ("engine", "strategy") else "left")
+    for r in rows:
+        table.add_row(r["engine"], r["strategy"], str(r["batch"]), f"{r['median_ms_per_sentence']:.1f}", f"{r['p90_ms_per_sentence']:.1f}",
+                      f"{r['target_tokens_per_s']:.0f}", "" if r["first_token_ms"] is None else f"{r['first_token_ms']:.1f}",
+                      f"{r['ratio_to_ours_fast']:.2f}")
+    console.print(table)
+    console.print("training step tokens/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in train.items()))
+    if json_path:
+        write_text(json_path, json.dumps(report, indent=2))
+        console.print(f"wrote {json_path}")
+    return report
