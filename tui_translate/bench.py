@@ -84,6 +84,11 @@ def _peer_engines(translator: Translator, console: Console) -> tuple[dict, dict]
         return engines, skipped
     import tempfile
 
+    c = translator.config
+    if c.norm_placement != "post" or c.position_layout != "split":
+        why = (f"this model ({c.norm_placement}-norm, {c.position_layout} positions) has no exact Marian equivalent; "
+               "train with --norm post --positions split to compare on identical weights")
+        return engines, {"transformers": why, "ctranslate2": why}
     tmp = Path(tempfile.mkdtemp(prefix="tui-translate-bench-"))
     hf_dir = export_marian(translator.path, tmp / "hf")
     from transformers import MarianMTModel, MarianTokenizer
@@ -114,7 +119,8 @@ def _peer_engines(translator: Translator, console: Console) -> tuple[dict, dict]
         def run(texts: list[str], config: DecodeConfig, ct=ct) -> tuple[int, None]:
             toks = [hf_tok.convert_ids_to_tokens(hf_tok(t)["input_ids"]) for t in texts]
             res = ct.translate_batch(toks, beam_size=config.beam_size if config.strategy == "beam" else 1,
-                                     length_penalty=config.length_penalty, max_batch_size=len(texts))
+                                     length_penalty=config.length_penalty, max_batch_size=len(texts),
+                                     min_decoding_length=0, max_decoding_length=max(len(x) for x in toks) * 3 // 2 + 10)
             return sum(len(r.hypotheses[0]) + 1 for r in res), None
 
         engines[f"ctranslate2-{quant}"] = run

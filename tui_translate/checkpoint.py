@@ -23,6 +23,7 @@ from .tokenizer import Tokenizer
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+TARGET_TOKENIZER_FILE = "target_tokenizer.json"  # only when the target side segments differently (imported Marian)
 CARD_FILE = "README.md"
 ALLOWED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -80,6 +81,8 @@ def save_model_dir(
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_weights(model, tmp / WEIGHTS_FILE, dtype)
         (tmp / TOKENIZER_FILE).write_text(tokenizer.to_str(), encoding="utf-8")
+        if tokenizer.target is not tokenizer.source:
+            (tmp / TARGET_TOKENIZER_FILE).write_text(tokenizer.target.to_str(pretty=True), encoding="utf-8")
         (tmp / CARD_FILE).write_text(card or f"# {Path(path).name}\n", encoding="utf-8")
 
     return replace_dir(build, path)
@@ -147,13 +150,20 @@ def load_tokenizer(path: Path, config: ModelConfig) -> Tokenizer:
     file = path / TOKENIZER_FILE
     if not file.exists():
         raise ModelLoadError(f"{file}: missing")
+    target_file = path / TARGET_TOKENIZER_FILE
     try:
-        tok = Tokenizer.from_file(file)
+        from tokenizers import Tokenizer as HFTokenizer
+
+        source = HFTokenizer.from_file(str(file))
+        target = HFTokenizer.from_file(str(target_file)) if target_file.exists() else None
+        tok = Tokenizer(source, target)
     except Exception as e:
         raise ModelLoadError(f"{file}: not a valid tokenizers file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if tok.vocab_size != config.vocab_size:
         raise ModelLoadError(f"{file}: vocabulary has {tok.vocab_size} entries but config.json says vocab_size={config.vocab_size}")
     for name in ("pad_id", "bos_id", "eos_id", "unk_id"):
+        if name == "bos_id" and tok.bos_id < 0:
+            continue  # Marian vocabularies have no <s>; the decoder starts from pad
         if getattr(tok, name) != getattr(config, name):
             raise ModelLoadError(f"{file}: {name}={getattr(tok, name)} disagrees with config.json ({getattr(config, name)})")
     return tok
@@ -163,6 +173,12 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ModelLoadError(f"{path}: not a model directory (does not exist or is not a directory)")
+    if (path / "source.spm").exists() and not (path / TOKENIZER_FILE).exists():  # a Hugging Face Marian (opus-mt) directory
+        from .marian import load_marian
+
+        loaded = load_marian(path)
+        loaded.model.to(device)
+        return loaded
     config, meta = read_config(path)
     tokenizer = load_tokenizer(path, config)
     model = Transformer(config)

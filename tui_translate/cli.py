@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .paths import default_model_dir
 
-SUBCOMMANDS = ("translate", "train", "eval", "bench", "app")
+SUBCOMMANDS = ("translate", "train", "eval", "bench", "import-marian", "export", "app")
 DEFAULT_BENCH_TSV = "../shared/corpora/tatoeba-fr-en/valid.fr-en.tsv"
 
 
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-ff", type=int, default=1024)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--norm", choices=["pre", "post"], default="pre", help="LayerNorm placement (default: pre)")
+    p.add_argument("--positions", choices=["interleaved", "split"], default="interleaved",
+                   help="sinusoid layout: interleaved (paper) or split (Marian; with --norm post the model exports to hf-marian)")
     p.add_argument("--max-positions", type=int, default=256)
     p.add_argument("--max-tokens", type=int, default=4096, help="source+target tokens per batch and process (default: 4096)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
@@ -106,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--limit-pairs", type=int, default=0, help="use only the first N training pairs (0 = all)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--marian-compatible", action="store_true",
+                   help="post-norm, Marian's position layout, decoder starting from <pad> and a final logits bias: the model "
+                   "then exports exactly to hf-marian / CTranslate2 (overrides --norm and --positions)")
     p.add_argument("--amp", choices=["none", "bf16"], default="none", help="bfloat16 autocast for the forward pass (default: none = fp32)")
     p.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --out")
     p.add_argument("--export", action="store_true", help="only average the newest checkpoints of --out into --out/model and exit")
@@ -134,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers as JSON to FILE")
     p.add_argument("--no-peers", action="store_true", help="measure only this project's engine")
 
+    p = sub.add_parser("import-marian", help="convert a Hugging Face Marian (opus-mt) directory into a model directory",
+                       description="Convert SRC_DIR (config.json, model.safetensors or pytorch_model.bin, source.spm, target.spm, "
+                       "vocab.json) into OUT_DIR. `--model SRC_DIR` also loads such a directory directly. Needs the [marian] extra.")
+    p.add_argument("src", metavar="SRC_DIR", help="Marian directory")
+    p.add_argument("out", metavar="OUT_DIR", help="model directory to write")
+
+    p = sub.add_parser("export", help="export a model directory to another format",
+                       description="Export MODEL_DIR. hf-marian: a directory transformers.MarianMTModel / MarianTokenizer and "
+                       "CTranslate2's converter load (post-norm models with Marian's position layout).")
+    p.add_argument("--format", choices=["hf-marian"], default="hf-marian", help="output format (default: hf-marian)")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="model directory")
+    p.add_argument("out", metavar="OUT_DIR", help="directory to write")
+
     p = sub.add_parser("app", help="open the interactive app (the default when no command is given)")
     _add_app_args(p)
     return parser
@@ -160,6 +178,16 @@ def main(argv: list[str] | None = None) -> int:
             return _run_eval(args)
         if args.command == "bench":
             return _run_bench(args)
+        if args.command == "import-marian":
+            from .marian import import_marian
+
+            print(import_marian(args.src, args.out))
+            return 0
+        if args.command == "export":
+            from .marian import export_marian
+
+            print(export_marian(args.model_dir, args.out))
+            return 0
         return _run_app(args)
     except KeyboardInterrupt:
         return 130
@@ -225,7 +253,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
     model = {"d_model": args.d_model, "n_heads": args.heads, "n_encoder_layers": args.encoder_layers,
              "n_decoder_layers": args.decoder_layers, "d_ff": args.d_ff, "dropout": args.dropout,
-             "norm_placement": args.norm, "max_positions": args.max_positions}
+             "norm_placement": args.norm, "max_positions": args.max_positions, "position_layout": args.positions}
+    if args.marian_compatible:
+        model.update(norm_placement="post", position_layout="split", decoder_start_id="pad", final_logits_bias=True)
     cfg = TrainConfig(train=args.train, valid=args.valid, out_dir=args.out, direction=args.direction, tokenizer=args.tokenizer,
                       vocab_size=args.vocab_size, model=model, max_tokens=args.max_tokens, lr=args.lr, warmup_steps=args.warmup,
                       label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, max_steps=args.max_steps,

@@ -193,8 +193,12 @@ def prepare_data(cfg: TrainConfig, out_dir: Path, tok: Tokenizer, d: Dist) -> tu
 
 
 def build_model_config(cfg: TrainConfig, tok: Tokenizer) -> ModelConfig:
-    return ModelConfig(vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id,
-                       unk_id=tok.unk_id, decoder_start_id=tok.bos_id, **cfg.model)
+    params = dict(vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id, unk_id=tok.unk_id,
+                  decoder_start_id=tok.bos_id)
+    params.update(cfg.model)
+    if params.get("decoder_start_id") == "pad":
+        params["decoder_start_id"] = tok.pad_id
+    return ModelConfig(**params)
 
 
 def validation_loss(model: Transformer, data: EncodedPairs, cfg: TrainConfig, device) -> float:
