@@ -145,13 +145,18 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(toy_files, tmp_path
 def test_data_parallel_two_processes_stay_identical(toy_files, tmp_path):
     train_tsv, valid_tsv = toy_files
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
            "-m", "tui_translate", "train", "--train", train_tsv, "--valid", valid_tsv, "--out", str(out), "--vocab-size", "40",
            "--d-model", "32", "--d-ff", "64", "--encoder-layers", "1", "--decoder-layers", "1", "--max-tokens", "300",
            "--max-steps", "6", "--save-every", "3", "--eval-every", "100", "--threads", "1", "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-4000:]
     entries = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     check = [e for e in entries if "ddp_world_size" in e]
     assert check and check[-1]["ddp_world_size"] == 2

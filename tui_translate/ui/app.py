@@ -40,6 +40,7 @@ from .widgets.inspector import AGGREGATES, MATRIX_KINDS, AttentionGrid, MatrixVi
 WIDE_COLUMNS = 120
 LIVE_DEBOUNCE_S = 0.35
 MAX_INPUT_CHARS = 5000
+MAX_VISIBLE_EXCHANGES = 60  # older exchanges leave the screen (they stay in the transcript file and exports)
 
 
 class HistoryInput(Input):
@@ -248,6 +249,10 @@ class TranslateApp(App):
         self.query_one("#welcome").display = False
         transcript = self.query_one("#transcript", VerticalScroll)
         transcript.mount_all([ExchangeView(ex, id=f"ex-{ex.id}") for ex in exchanges])
+        views = list(transcript.query(ExchangeView))
+        if len(views) > MAX_VISIBLE_EXCHANGES:
+            for old in views[: len(views) - MAX_VISIBLE_EXCHANGES]:
+                old.remove()
         transcript.scroll_end(animate=False)
         self.running = exchanges
         if self.translator is None:
