@@ -166,8 +166,51 @@ def training_throughput(translator: Translator, steps: int = 6, batch: int = 96,
     return results
 
 
+def app_latency(model_path: Path, text: str) -> dict:
+    """Headless app: time to the first painted frame, and keystroke handling while a beam search decodes."""
+    import asyncio
+    import tempfile
+
+    from textual import events
+
+    from .translator import load_translator
+    from .ui.app import TranslateApp
+    from .ui.store import Store
+
+    async def measure() -> dict:
+        start = time.perf_counter()
+        app = TranslateApp(load_translator, model_path, [model_path], store=Store(None), export_dir=Path(tempfile.mkdtemp()),
+                           decode_config=DecodeConfig(strategy="beam", beam_size=5))
+        async with app.run_test(size=(100, 30)) as pilot:
+            first_frame = time.perf_counter() - start
+            while app.translator is None:
+                await pilot.pause(0.01)
+            loaded = time.perf_counter() - start
+            prompt = app.query_one("#prompt")
+            keys = []
+            for _ in range(3):
+                prompt.value = text
+                await pilot.press("enter")
+                prompt.focus()
+                while any(e.status == "running" for e in app.exchanges):
+                    # a key event posted to the input, timed until the input shows it (not until the app is idle)
+                    before = prompt.value
+                    t0 = time.perf_counter()
+                    prompt.post_message(events.Key("x", "x"))
+                    while prompt.value == before and time.perf_counter() - t0 < 5:
+                        await asyncio.sleep(0.0005)
+                    keys.append(time.perf_counter() - t0)
+                    await asyncio.sleep(0.02)
+                prompt.value = ""
+        return {"first_frame_ms": round(first_frame * 1000, 1), "model_ready_ms": round(loaded * 1000, 1),
+                "keystroke_while_decoding_median_ms": round(statistics.median(keys) * 1000, 2) if keys else None,
+                "keystroke_while_decoding_max_ms": round(max(keys) * 1000, 2) if keys else None, "keystrokes": len(keys)}
+
+    return asyncio.run(measure())
+
+
 def run_bench(translator: Translator, texts: list[str], console: Console, batch_sizes=(1, 32), json_path: str | None = None,
-              peers: bool = True) -> dict:
+              peers: bool = True, app_check: bool = True) -> dict:
     engines: dict[str, Callable] = {"ours-fast": _ours(translator, False), "ours-capture": _ours(translator, True)}
     skipped: dict[str, str] = {}
     if peers:
@@ -198,8 +241,9 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
         base = measures[("ours-fast", r["strategy"], r["batch"])].row()["median_ms_per_sentence"]
         r["ratio_to_ours_fast"] = round(r["median_ms_per_sentence"] / base, 2) if base else None
     train = training_throughput(translator)
+    app = app_latency(translator.path, " ".join(texts[:12])) if app_check else None  # 12 sentences decoded in a row
     report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts),
-              "torch": torch.__version__, "rows": rows, "skipped": skipped, "training_tokens_per_s": train}
+              "torch": torch.__version__, "rows": rows, "skipped": skipped, "training_tokens_per_s": train, "app": app}
     table = Table(title=f"tui-translate bench · {translator.name} · {len(texts)} sentences · {torch.get_num_threads()} threads")
     for col in ("engine", "strategy", "batch", "median ms/sent", "p90 ms/sent", "tgt tok/s", "first token ms", "× ours-fast"):
         table.add_column(col, justify="right" if col not in ("engine", "strategy") else "left")
@@ -209,6 +253,10 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
                       f"{r['ratio_to_ours_fast']:.2f}")
     console.print(table)
     console.print("training step tokens/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in train.items()))
+    if app:
+        console.print(f"app: first frame {app['first_frame_ms']:.0f} ms, model ready {app['model_ready_ms']:.0f} ms, "
+                      f"keystroke while decoding: median {app['keystroke_while_decoding_median_ms']} ms, "
+                      f"max {app['keystroke_while_decoding_max_ms']} ms ({app['keystrokes']} keys)")
     if json_path:
         write_text(json_path, json.dumps(report, indent=2))
         console.print(f"wrote {json_path}")
