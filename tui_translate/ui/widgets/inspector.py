@@ -104,17 +104,18 @@ class AttentionGrid(Widget, can_focus=True):
         label_col = 5
         avail = self.content_region.width or self.size.width
         cell_width = max(2, (avail - 1 - label_col - (n_heads + 1)) // (n_heads + 1))
-        # every cell is one line; labels are cut to fit when needed (the detail line has them in full)
+        # Labels are shown whole when a cell has room; otherwise cut to a readable prefix (at least
+        # 4 characters) and the cell wraps onto more lines. The detail line below has them in full.
         room = cell_width - 1  # minus the focus marker
         full = sum(len(x) for x in self.source_labels) + max(n_src - 1, 0)
-        separator = " " if full <= room else ""
-        width = None if full <= room else max(1, room // max(n_src, 1))
-        labels = [x if width is None else x[:width].ljust(width) for x in self.source_labels]
+        separator = " "
+        width = None if full <= room else max(4, (room - (n_src - 1)) // max(n_src, 1))
+        labels = [x if width is None else x[:width] for x in self.source_labels]
         table = Table(box=None, pad_edge=False, show_header=True, padding=(0, 1, 0, 0), collapse_padding=True)
         table.add_column("", no_wrap=True, style="bold", width=label_col - 1, min_width=label_col - 1)
         for h in range(n_heads + 1):
             name = f"H{h}" if h < n_heads else self.aggregate
-            table.add_column(name, no_wrap=True, overflow="crop", width=cell_width,
+            table.add_column(name, no_wrap=False, overflow="fold", width=cell_width,
                              header_style="bold reverse" if h == self.cursor[1] else "bold")
         for row in range(n_layers + 1):
             cells = []
