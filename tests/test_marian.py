@@ -166,6 +166,11 @@ def test_export_loads_in_transformers_and_ctranslate2(tokenizer, tmp_path):
         max_new = cfg.max_length(len(ids), t.config.max_positions)
         assert _hf_generate(hf, [to_hf[i] for i in ids], cfg, max_new) == [to_hf[i] for i in _ours_greedy(t, [text], cfg)[0]]
 
+    # and back: the exported directory loads directly and translates the same
+    back = Translator(load_model_dir(hf_dir))
+    for text in TEXTS:
+        assert back.translate(text).text == t.translate(text).text
+
     ctranslate2 = pytest.importorskip("ctranslate2")
     from ctranslate2.converters import TransformersConverter
 

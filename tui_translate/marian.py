@@ -37,7 +37,7 @@ def is_marian_dir(path: Path) -> bool:
 
 
 # -- config ---------------------------------------------------------------------------------------
-def config_from_marian(cfg: dict[str, Any], unk_id: int, where: Path) -> ModelConfig:
+def config_from_marian(cfg: dict[str, Any], unk_id: int, where: Path, bos_id: int | None = None) -> ModelConfig:
     def need(key):
         if key not in cfg:
             raise ModelLoadError(f"{where}: MarianConfig lacks {key!r}")
@@ -64,7 +64,8 @@ def config_from_marian(cfg: dict[str, Any], unk_id: int, where: Path) -> ModelCo
             activation_dropout=cfg.get("activation_dropout", 0.0), max_positions=need("max_position_embeddings"),
             norm_placement="post", scale_embedding=bool(cfg.get("scale_embedding", False)), share_embeddings=True,
             tie_output=bool(cfg.get("tie_word_embeddings", True)), final_logits_bias=True, position_layout="split",
-            pad_id=need("pad_token_id"), bos_id=cfg["pad_token_id"], eos_id=need("eos_token_id"), unk_id=unk_id,
+            pad_id=need("pad_token_id"), bos_id=cfg["pad_token_id"] if bos_id is None else bos_id, eos_id=need("eos_token_id"),
+            unk_id=unk_id,
             decoder_start_id=cfg.get("decoder_start_token_id", cfg["pad_token_id"]),
         )
     except ConfigError as e:
@@ -166,13 +167,34 @@ def spm_to_tokenizers(spm_path: Path, vocab: dict[str, int]):
         raise ModelLoadError(f"{spm_path.parent / 'vocab.json'}: ids are not 0..{len(ids) - 1}")
     by_id = sorted(vocab.items(), key=lambda kv: kv[1])
     specials = [p for p, _ in by_id if p.startswith("<") and p.endswith(">")]
-    table = [(p, scores.get(p, floor)) for p, _ in by_id]
-    tk = HFTokenizer(models.Unigram(table, unk_id=vocab.get("<unk>", 0), byte_fallback=False))
+    if _spm_is_bpe(spm_path):
+        # BPE: merges ordered by the score of the merged piece (as SentencePiece applies them)
+        merges = []
+        for piece, score in sorted(scores.items(), key=lambda kv: -kv[1]):
+            for i in range(1, len(piece)):
+                left, right = piece[:i], piece[i:]
+                if left in scores and right in scores:
+                    merges.append((score, vocab.get(piece, 0), left, right))
+        merges.sort(key=lambda m: (-m[0], m[1]))
+        model = models.BPE({p: i for p, i in by_id}, [(a, b) for _, _, a, b in merges], unk_token="<unk>", fuse_unk=True)
+    else:
+        model = models.Unigram([(p, scores.get(p, floor)) for p, _ in by_id], unk_id=vocab.get("<unk>", 0), byte_fallback=False)
+    tk = HFTokenizer(model)
     tk.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
     tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always")
     tk.decoder = decoders.Metaspace(replacement=WORD_START, prepend_scheme="always")
     tk.add_special_tokens(specials)
     return tk
+
+
+def _spm_is_bpe(spm_path: Path) -> bool:
+    try:
+        from sentencepiece import sentencepiece_model_pb2 as pb
+    except ImportError:  # protobuf missing: opus-mt models are all unigram
+        return False
+    proto = pb.ModelProto()
+    proto.ParseFromString(spm_path.read_bytes())
+    return proto.trainer_spec.model_type == pb.TrainerSpec.BPE
 
 
 def bpe_to_spm_bytes(tokenizer: Tokenizer) -> bytes:
@@ -223,7 +245,7 @@ def load_marian(path: str | Path) -> LoadedModel:
         raise ModelLoadError(f"{path}: config.json / vocab.json is not valid JSON ({e})") from None
     if "<unk>" not in vocab:
         raise ModelLoadError(f"{path / 'vocab.json'}: no <unk> entry")
-    config = config_from_marian(cfg, vocab["<unk>"], path / "config.json")
+    config = config_from_marian(cfg, vocab["<unk>"], path / "config.json", vocab.get("<s>"))
     if len(vocab) != config.vocab_size:
         raise ModelLoadError(f"{path / 'vocab.json'}: {len(vocab)} entries but config.json says vocab_size={config.vocab_size}")
     tok = Tokenizer(spm_to_tokenizers(path / "source.spm", vocab), spm_to_tokenizers(path / "target.spm", vocab))
