@@ -141,3 +141,13 @@ def test_decode_config_validation():
         DecodeConfig(strategy="nope")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         DecodeConfig(strategy="sample", top_p=0.0)
+
+
+def test_long_forced_prefix_stays_within_positions(model, tokenizer):
+    src = encode(tokenizer, [SOURCES[0]])
+    limit = model.config.max_positions
+    prefix = [10] * (limit - 3)
+    h = run(model, src, DecodeConfig(strategy="beam", beam_size=2), prefix=prefix).hypotheses[0][0]
+    assert h.tokens[: len(prefix)] == prefix and len(h.tokens) <= limit - 1
+    with pytest.raises(ValueError, match="does not fit"):
+        run(model, src, DecodeConfig(), prefix=[10] * limit)

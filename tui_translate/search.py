@@ -132,11 +132,11 @@ def search(
     prefix = list(prefix or [])
     n_alt = config.n_alternatives
     src_len = src.ne(mc.pad_id).sum(1)  # (B,)
-    max_new = [config.max_length(int(s), mc.max_positions) for s in src_len.tolist()]
-    max_steps = max(max_new)
-    capacity = min(mc.max_positions, len(prefix) + max_steps + 1)
-    if len(prefix) + 1 > capacity:
+    room = mc.max_positions - 1 - len(prefix)  # target positions left after the start token and the prefix
+    if room < 1:
         raise ValueError(f"forced prefix of {len(prefix)} tokens does not fit the model's {mc.max_positions} positions")
+    max_new = [min(config.max_length(int(s), mc.max_positions), room) for s in src_len.tolist()]
+    capacity = len(prefix) + max(max_new) + 1
 
     encoded = model.encode(src, need_weights=need_weights)
     if k_beam > 1:
@@ -145,7 +145,6 @@ def search(
     cache = model.start_cache(encoded, capacity)
     banned = _banned_ids(model)
     hist = _History()
-    sentence_of_row = torch.arange(n, device=device) // k_beam  # (N,)
     generators = None
     if config.strategy == "sample":
         generators = [torch.Generator(device="cpu").manual_seed(config.seed if config.seed is not None else torch.seed()) for _ in range(b)]
