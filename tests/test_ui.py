@@ -208,6 +208,9 @@ async def test_history_and_transcript_persist_and_clean_flag(tmp_path):
         assert app2.query_one("#prompt").value == "le chat dort"
         await pilot.press("down", "down")
         assert app2.query_one("#prompt").value == ""
+        await pilot.click(".restored")  # a restored exchange translates again, inspectable
+        await wait_for(pilot, lambda: app2.exchanges[-1].status == "done")
+        assert app2.exchanges[-1].source == "le chat dort" and app2.exchanges[-1].translation is not None
     clean = make_app(tmp_path, store=False)
     async with clean.run_test(size=(100, 32)) as pilot:
         await pilot.pause()

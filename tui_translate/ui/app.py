@@ -508,6 +508,11 @@ class TranslateApp(App):
             return
         self.translate(text)
 
+    def action_retranslate(self, exchange_id: int) -> None:
+        ex = self._find(exchange_id)
+        if ex is not None:
+            self.translate(ex.source)
+
     def action_swap_model(self) -> None:
         if len(self.models) < 2:
             self.notify("No other model directory found.", severity="warning", timeout=3)

@@ -158,8 +158,9 @@ class ExchangeView(Vertical):
             box.mount(Static(Text(ex.translation.note or "(nothing to translate)", style="italic"), classes="note"))
             meta.update(f"{ex.model} · {ex.label}")
         elif ex.status == "restored":
-            box.mount(Static(Text(ex.restored_text), classes="restored"))
-            meta.update(f"{ex.model} · {ex.label} · from history (F5 on its source re-translates)")
+            click = Style(meta={"@click": f"app.retranslate({ex.id})"})
+            box.mount(Static(Text(ex.restored_text, style=click), classes="restored"))
+            meta.update(f"{ex.model} · {ex.label} · from an earlier session (click it to translate again and inspect)")
         else:
             status = {"running": "translating…", "cancelled": "cancelled", "failed": f"failed: {ex.error}"}.get(ex.status, ex.status)
             box.mount(Static(Text(ex.partial or "…", style="italic"), classes="partial"))
