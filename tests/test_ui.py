@@ -208,7 +208,7 @@ async def test_history_and_transcript_persist_and_clean_flag(tmp_path):
         assert app2.query_one("#prompt").value == "le chat dort"
         await pilot.press("down", "down")
         assert app2.query_one("#prompt").value == ""
-        await pilot.click(".restored")  # a restored exchange translates again, inspectable
+        await pilot.click(".restored", offset=(4, 0))  # a restored exchange translates again, inspectable
         await wait_for(pilot, lambda: app2.exchanges[-1].status == "done")
         assert app2.exchanges[-1].source == "le chat dort" and app2.exchanges[-1].translation is not None
     clean = make_app(tmp_path, store=False)
