@@ -87,7 +87,7 @@ def _peer_engines(translator: Translator, console: Console) -> tuple[dict, dict]
     c = translator.config
     if c.norm_placement != "post" or c.position_layout != "split":
         why = (f"this model ({c.norm_placement}-norm, {c.position_layout} positions) has no exact Marian equivalent; "
-               "train with --norm post --positions split to compare on identical weights")
+               "train with --marian-compatible to compare on identical weights")
         return engines, {"transformers": why, "ctranslate2": why}
     tmp = Path(tempfile.mkdtemp(prefix="tui-translate-bench-"))
     hf_dir = export_marian(translator.path, tmp / "hf")
@@ -241,7 +241,7 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
         base = measures[("ours-fast", r["strategy"], r["batch"])].row()["median_ms_per_sentence"]
         r["ratio_to_ours_fast"] = round(r["median_ms_per_sentence"] / base, 2) if base else None
     train = training_throughput(translator)
-    app = app_latency(translator.path, " ".join(texts[:12])) if app_check else None  # 12 sentences decoded in a row
+    app = app_latency(translator.path, " ".join(texts[:60])) if app_check else None  # 60 sentences decoded in a row
     report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts),
               "torch": torch.__version__, "rows": rows, "skipped": skipped, "training_tokens_per_s": train, "app": app}
     table = Table(title=f"tui-translate bench · {translator.name} · {len(texts)} sentences · {torch.get_num_threads()} threads")
