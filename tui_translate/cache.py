@@ -46,10 +46,6 @@ class KVCache:
             layers.append(LayerCache(buf_k, buf_v, k, v))
         return cls(layers, source_mask, capacity)
 
-    @property
-    def rows(self) -> int:
-        return self.source_mask.size(0)
-
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store new self-attention keys/values (N, H, T_new, d_k) at the current length.
 

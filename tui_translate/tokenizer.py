@@ -142,10 +142,6 @@ class Tokenizer:
         encs = self.target.encode_batch(texts, add_special_tokens=False)
         return [e.ids + [self.eos_id] for e in encs]
 
-    def encode_target_prefix(self, text: str) -> list[int]:
-        """Target ids of `text` without EOS (a forced prefix)."""
-        return list(self.target.encode(text, add_special_tokens=False).ids)
-
     def decode(self, ids: Iterable[int]) -> str:
         keep = [int(i) for i in ids if int(i) not in self.special_ids]
         return self.target.decode(keep, skip_special_tokens=True)

@@ -61,16 +61,6 @@ class Translator:
     def config(self) -> ModelConfig:
         return self.loaded.config
 
-    @property
-    def max_source_tokens(self) -> int:
-        return self.config.max_positions
-
-    def describe(self) -> dict:
-        c = self.config
-        return {"name": self.name, "path": str(self.path), "source_lang": self.source_lang, "target_lang": self.target_lang,
-                "layers": f"{c.n_encoder_layers}+{c.n_decoder_layers}", "heads": c.n_heads, "d_model": c.d_model,
-                "vocab_size": c.vocab_size, "parameters": self.model.num_parameters()}
-
     # -- segmentation -------------------------------------------------------------------------
     def check_length(self, text: str) -> None:
         if len(text) > MAX_INPUT_CHARS:
@@ -99,9 +89,6 @@ class Translator:
         return out or [text]
 
     # -- translation --------------------------------------------------------------------------
-    def piece_ids(self, pieces: list[str]) -> list[int]:
-        return [self.tokenizer.target.token_to_id(p) for p in pieces]
-
     def stream(
         self,
         text: str,
