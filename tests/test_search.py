@@ -37,16 +37,22 @@ def test_beam_size_one_equals_greedy(model, tokenizer, cfg):
 
 
 @pytest.mark.parametrize("cfg", [DecodeConfig(strategy="greedy"), DecodeConfig(strategy="beam", beam_size=4, top_beams=3),
+                                 DecodeConfig(strategy="beam", beam_size=3, early_stopping=True),
                                  DecodeConfig(strategy="sample", seed=7, top_k=20)])
 def test_batch_equals_one_by_one(model, tokenizer, cfg):
     batch = run(model, encode(tokenizer, SOURCES), cfg, need_weights=True)
+    steps = []
     for i, text in enumerate(SOURCES):
         single = run(model, encode(tokenizer, [text]), cfg, need_weights=True)
+        steps.append(single.steps)
         assert [h.tokens for h in single.hypotheses[0]] == [h.tokens for h in batch.hypotheses[i]]
         for a, b in zip(single.hypotheses[0], batch.hypotheses[i]):
             assert a.score == pytest.approx(b.score, abs=1e-4)
             torch.testing.assert_close(a.cross_attention, b.cross_attention, atol=1e-5, rtol=0)
         torch.testing.assert_close(single.encoder_attention[0], batch.encoder_attention[i], atol=1e-5, rtol=0)
+    # finished sentences leave the batch, so the batch takes exactly as many steps as its longest sentence
+    assert batch.steps == max(steps)
+    assert len(set(steps)) > 1  # the sources really finish at different steps
 
 
 @pytest.mark.parametrize("cfg", [DecodeConfig(strategy="beam", beam_size=5, top_beams=5), DecodeConfig(strategy="greedy"),

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .linear import project
+
 
 def attention_probabilities(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
     """softmax(Q Kᵀ / √d_k) with the row maximum subtracted before exp.
@@ -69,11 +71,21 @@ class MultiHeadAttention(nn.Module):
         return x.transpose(1, 2).reshape(b, t, h * dk)  # (B, T, D)
 
     def project_query(self, x: Tensor) -> Tensor:
-        return self.split_heads(self.q_proj(x))  # (B, H, T, d_k)
+        return self.split_heads(project(self, "q", x, self.q_proj))  # (B, H, T, d_k)
 
     def project_key_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of x: each (B, H, S, d_k). Cross-attention computes them once per source."""
-        return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
+        b, s, _ = x.shape
+        kv = project(self, "kv", x, self.k_proj, self.v_proj)  # (B, S, 2D)
+        k, v = kv.view(b, s, 2, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, S, d_k) each
+        return k, v
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention: queries, keys and values of x in one matrix product, each (B, H, T, d_k)."""
+        b, t, _ = x.shape
+        qkv = project(self, "qkv", x, self.q_proj, self.k_proj, self.v_proj)  # (B, T, 3D)
+        q, k, v = qkv.view(b, t, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, d_k) each
+        return q, k, v
 
     def attend(
         self,
@@ -103,7 +115,7 @@ class MultiHeadAttention(nn.Module):
             context = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=None if is_causal else mask, dropout_p=p, is_causal=is_causal
             )  # (B, H, T, d_k)
-        return self.out_proj(self.merge_heads(context)), weights  # (B, T, D)
+        return project(self, "out", self.merge_heads(context), self.out_proj), weights  # (B, T, D)
 
     def forward(
         self,
@@ -115,6 +127,9 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """query: (B, T, D), key_value: (B, S, D) -> (out (B, T, D), weights (B, H, T, S) | None)."""
-        q = self.project_query(query)
-        k, v = self.project_key_value(key_value)
+        if query is key_value:
+            q, k, v = self.project_qkv(query)
+        else:
+            q = self.project_query(query)
+            k, v = self.project_key_value(key_value)
         return self.attend(q, k, v, mask, is_causal=is_causal, need_weights=need_weights)

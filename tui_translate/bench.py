@@ -26,7 +26,10 @@ from .evaluate import pad_batch
 from .search import SearchStep, search
 from .translator import Translator
 
-STRATEGIES = {"greedy": DecodeConfig(strategy="greedy"), "beam5": DecodeConfig(strategy="beam", beam_size=5, length_penalty=0.6)}
+# Beam search stops once 5 hypotheses have finished in every engine: CTranslate2's rule (patience 1),
+# transformers' early_stopping=True and this project's early_stopping, so all do the same amount of work.
+STRATEGIES = {"greedy": DecodeConfig(strategy="greedy"),
+              "beam5": DecodeConfig(strategy="beam", beam_size=5, length_penalty=0.6, early_stopping=True)}
 
 
 @dataclass
@@ -52,11 +55,20 @@ class Measure:
         }
 
 
-def _ours(translator: Translator, attention: bool) -> Callable[[list[str], DecodeConfig], tuple[int, float | None]]:
+@dataclass
+class Engine:
+    """prepare(texts) turns sentences into the engine's input (not timed: every engine is timed
+    from token ids to output token ids); run(inputs, config) -> (target tokens, seconds to the
+    first streamed token or None)."""
+
+    prepare: Callable[[list[str]], object]
+    run: Callable[[object, DecodeConfig], tuple[int, float | None]]
+
+
+def _ours(translator: Translator, attention: bool) -> Engine:
     model, tok = translator.model, translator.tokenizer
 
-    def run(texts: list[str], config: DecodeConfig) -> tuple[int, float | None]:
-        src = pad_batch(tok.encode_ids(texts), model.config.pad_id)
+    def run(src: torch.Tensor, config: DecodeConfig) -> tuple[int, float | None]:
         start = time.perf_counter()
         first = None
         final = None
@@ -66,7 +78,7 @@ def _ours(translator: Translator, attention: bool) -> Callable[[list[str], Decod
             final = event
         return sum(len(h[0].tokens) for h in final.hypotheses), first
 
-    return run
+    return Engine(lambda texts: pad_batch(tok.encode_ids(texts), model.config.pad_id), run)
 
 
 def _peer_engines(translator: Translator, console: Console) -> tuple[dict, dict]:
@@ -96,15 +108,17 @@ def _peer_engines(translator: Translator, console: Console) -> tuple[dict, dict]
     hf_model = MarianMTModel.from_pretrained(hf_dir).eval()
     hf_tok = MarianTokenizer.from_pretrained(hf_dir)
 
-    def hf(texts: list[str], config: DecodeConfig) -> tuple[int, None]:
-        enc = hf_tok(texts, return_tensors="pt", padding=True)
-        kw = dict(num_beams=config.beam_size if config.strategy == "beam" else 1, do_sample=False,
-                  length_penalty=config.length_penalty, max_new_tokens=int(enc["input_ids"].shape[1] * 1.5 + 10))
+    def hf(enc, config: DecodeConfig) -> tuple[int, None]:
+        beam = config.strategy == "beam"
+        kw = dict(num_beams=config.beam_size if beam else 1, do_sample=False,
+                  max_new_tokens=int(enc["input_ids"].shape[1] * 1.5 + 10))
+        if beam:
+            kw.update(early_stopping=True, length_penalty=config.length_penalty)
         with torch.inference_mode():
             out = hf_model.generate(**enc, **kw)
         return int(out.ne(hf_model.config.pad_token_id).sum()), None
 
-    engines["transformers"] = hf
+    engines["transformers"] = Engine(lambda texts: hf_tok(texts, return_tensors="pt", padding=True), hf)
     try:
         import ctranslate2
         from ctranslate2.converters import TransformersConverter
@@ -116,14 +130,14 @@ def _peer_engines(translator: Translator, console: Console) -> tuple[dict, dict]
         TransformersConverter(str(hf_dir)).convert(str(out_dir), quantization=quant, force=True)
         ct = ctranslate2.Translator(str(out_dir), device="cpu", intra_threads=torch.get_num_threads(), inter_threads=1)
 
-        def run(texts: list[str], config: DecodeConfig, ct=ct) -> tuple[int, None]:
-            toks = [hf_tok.convert_ids_to_tokens(hf_tok(t)["input_ids"]) for t in texts]
+        def run(toks: list[list[str]], config: DecodeConfig, ct=ct) -> tuple[int, None]:
             res = ct.translate_batch(toks, beam_size=config.beam_size if config.strategy == "beam" else 1,
-                                     length_penalty=config.length_penalty, max_batch_size=len(texts),
+                                     length_penalty=config.length_penalty, max_batch_size=len(toks),
                                      min_decoding_length=0, max_decoding_length=max(len(x) for x in toks) * 3 // 2 + 10)
             return sum(len(r.hypotheses[0]) + 1 for r in res), None
 
-        engines[f"ctranslate2-{quant}"] = run
+        engines[f"ctranslate2-{quant}"] = Engine(
+            lambda texts: [hf_tok.convert_ids_to_tokens(hf_tok(t)["input_ids"]) for t in texts], run)
     return engines, skipped
 
 
@@ -211,7 +225,7 @@ def app_latency(model_path: Path, text: str) -> dict:
 
 def run_bench(translator: Translator, texts: list[str], console: Console, batch_sizes=(1, 32), json_path: str | None = None,
               peers: bool = True, app_check: bool = True) -> dict:
-    engines: dict[str, Callable] = {"ours-fast": _ours(translator, False), "ours-capture": _ours(translator, True)}
+    engines: dict[str, Engine] = {"ours-fast": _ours(translator, False), "ours-capture": _ours(translator, True)}
     skipped: dict[str, str] = {}
     if peers:
         more, skipped = _peer_engines(translator, console)
@@ -220,17 +234,18 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
         console.print(f"[yellow]skipped[/] {name}: {why}")
     measures: dict[tuple, Measure] = {}
     # warm-up
-    for run in engines.values():
+    for engine in engines.values():
         for cfg in STRATEGIES.values():
-            run(texts[:2], cfg)
+            engine.run(engine.prepare(texts[:2]), cfg)
     for strategy, cfg in STRATEGIES.items():
         for bs in batch_sizes:
             chunks = [texts[i : i + bs] for i in range(0, len(texts), bs)]
             for chunk in chunks:  # interleaved: every engine runs the same chunk before the next chunk
-                for name, run in engines.items():
+                for name, engine in engines.items():
                     m = measures.setdefault((name, strategy, bs), Measure(name, strategy, bs))
+                    inputs = engine.prepare(chunk)
                     start = time.perf_counter()
-                    n_tok, first = run(chunk, cfg)
+                    n_tok, first = engine.run(inputs, cfg)
                     m.seconds.append(time.perf_counter() - start)
                     m.sizes.append(len(chunk))
                     m.target_tokens += n_tok

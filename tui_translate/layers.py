@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from .attention import MultiHeadAttention
 from .cache import KVCache
 from .config import ModelConfig
+from .linear import project
 
 _ACTIVATIONS = {
     "relu": F.relu,
@@ -58,9 +59,10 @@ class FeedForward(nn.Module):
         self.activation_dropout = activation_dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.act(self.fc1(x))  # (B, T, d_ff)
-        h = F.dropout(h, self.activation_dropout, self.training)
-        return self.fc2(h)  # (B, T, D)
+        h = self.act(project(self, "fc1", x, self.fc1))  # (B, T, d_ff)
+        if self.training and self.activation_dropout > 0:
+            h = F.dropout(h, self.activation_dropout)
+        return project(self, "fc2", h, self.fc2)  # (B, T, D)
 
 
 class _Residual(nn.Module):
@@ -76,7 +78,9 @@ class _Residual(nn.Module):
         return self.norm(x) if self.pre else x
 
     def after(self, x: Tensor, sublayer_out: Tensor) -> Tensor:
-        y = x + F.dropout(sublayer_out, self.dropout, self.training)
+        if self.training and self.dropout > 0:
+            sublayer_out = F.dropout(sublayer_out, self.dropout)
+        y = x + sublayer_out
         return y if self.pre else self.norm(y)
 
 
@@ -144,8 +148,7 @@ class DecoderLayer(nn.Module):
         t_new = x.size(1)
         past = cache.length
         h = self.self_attn_res.before(x)
-        q = self.self_attn.project_query(h)  # (N, H, T_new, d_k)
-        k_new, v_new = self.self_attn.project_key_value(h)  # (N, H, T_new, d_k)
+        q, k_new, v_new = self.self_attn.project_qkv(h)  # (N, H, T_new, d_k) each
         k, v = cache.append(index, k_new, v_new)  # (N, H, T_past + T_new, d_k)
         causal = None
         if t_new > 1:
@@ -156,8 +159,7 @@ class DecoderLayer(nn.Module):
         layer = cache.layers[index]
         h = self.cross_attn_res.before(x)
         q = self.cross_attn.project_query(h)  # (N, H, T_new, d_k)
-        source_mask = cache.source_mask[:, None, None, :]  # (N, 1, 1, S)
-        attn, cross_w = self.cross_attn.attend(q, layer.cross_k, layer.cross_v, source_mask, need_weights=need_weights)
+        attn, cross_w = self.cross_attn.attend(q, layer.cross_k, layer.cross_v, cache.cross_mask, need_weights=need_weights)
         x = self.cross_attn_res.after(x, attn)
         x = self.ffn_res.after(x, self.ffn(self.ffn_res.before(x)))
         return x, self_w, cross_w

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .cache import KVCache
 from .config import ModelConfig
 from .layers import DecoderLayer, EncoderLayer, embedding_scale, sinusoidal_positions
+from .linear import project
 
 
 @dataclass
@@ -86,12 +87,13 @@ class Transformer(nn.Module):
         if offset + t > self.config.max_positions:
             raise ValueError(f"sequence of {offset + t} positions exceeds max_positions={self.config.max_positions}")
         x = table(ids) * self.scale + self.positions[offset : offset + t]  # (B, T, D)
-        return F.dropout(x, self.config.dropout, self.training)
+        if self.training and self.config.dropout > 0:
+            x = F.dropout(x, self.config.dropout)
+        return x
 
     def logits(self, h: Tensor) -> Tensor:
         """Final linear layer: (…, D) -> (…, V). Softmax is applied by the caller (loss or search)."""
-        out = self.output_proj(h)
-        return out if self.logits_bias is None else out + self.logits_bias
+        return project(self, "logits", h, self.output_proj, extra_bias=self.logits_bias)  # (…, V)
 
     # -- encoder ------------------------------------------------------------------------------
     def encode(self, src: Tensor, need_weights: bool = False) -> EncoderOutput:

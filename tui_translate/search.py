@@ -144,6 +144,8 @@ def search(
         encoded.source_mask = encoded.source_mask.repeat_interleave(k_beam, 0)  # (N, S)
     cache = model.start_cache(encoded, capacity)
     banned = _banned_ids(model)
+    banned_bias = torch.zeros(mc.vocab_size, device=device)  # (V,) 0, or -inf at ids never generated
+    banned_bias[banned] = float("-inf")
     hist = _History()
     generators = None
     if config.strategy == "sample":
@@ -156,7 +158,6 @@ def search(
     seq = torch.empty(n, 0, dtype=torch.long, device=device)  # tokens of each live row
     finished: list[list[_Final]] = [[] for _ in range(b)]
     done = [False] * b
-    row_done = torch.zeros(n, dtype=torch.bool, device=device)  # greedy/sampling rows that emitted EOS
 
     def record(out, t_index: int, logp: Tensor) -> None:
         alt_lp, alt_ids = torch.topk(logp, min(n_alt, logp.size(-1)), dim=-1)  # (N, k)
@@ -168,63 +169,62 @@ def search(
             keys = cache.length - (t_new - 1 - t_index)
             hist.self_.append(out.self_attention[:, :, :, t_index, :keys])  # (N, L, H, p+1)
 
-    def select(parent: Tensor, token: Tensor, logp: Tensor) -> None:
+    def select(parent: Tensor, token: Tensor, chosen_lp: Tensor) -> None:
         hist.parent.append(parent)
         hist.token.append(token)
-        hist.chosen_lp.append(logp[parent, token])
+        hist.chosen_lp.append(chosen_lp)
 
     # -- forced prefix (and the first step): feed [start, p1..pP] at once -------------------------
     inputs = torch.tensor([[mc.decoder_start_id] + prefix], device=device).expand(n, -1)  # (N, P+1)
     out = model.decode_step(inputs, cache, need_weights)
     logp_all = F.log_softmax(out.logits.float(), dim=-1)  # (N, P+1, V)
-    identity = torch.arange(n, device=device)
     for j, tok in enumerate(prefix):
         record(out, j, logp_all[:, j])
         tok_t = torch.full((n,), tok, dtype=torch.long, device=device)
-        select(identity, tok_t, logp_all[:, j])
+        select(torch.arange(n, device=device), tok_t, logp_all[:, j, tok])
         beam_scores = beam_scores + hist.chosen_lp[-1]
         seq = torch.cat([seq, tok_t[:, None]], 1)
     raw_logits = out.logits[:, -1].float()  # (N, V)
     logp = logp_all[:, -1]  # (N, V)
     record(out, len(prefix), logp)
 
+    alive = list(range(b))  # sentences still decoding; row r belongs to alive[r // K]
+    last_partial: list[list[int]] = [[] for _ in range(b)]  # final partial of sentences already done
     step = 0
     while True:
+        nb = len(alive)
+        n = nb * k_beam
         position = len(prefix) + step  # index of the target token chosen now
         new_len = position + 1  # hypothesis length if it ends here
-        logp_masked = logp.clone()
-        logp_masked[:, banned] = float("-inf")
-        at_limit = [step + 1 >= m for m in max_new]
+        logp_masked = logp + banned_bias  # (N, V)
+        at_limit = [step + 1 >= max_new[si] for si in alive]
 
         if config.strategy == "beam":
             v = logp.size(-1)
-            cand = (beam_scores[:, None] + logp_masked).view(b, k_beam * v)  # (B, K*V)
-            top_scores, top_idx = torch.topk(cand, 2 * k_beam, dim=-1)  # (B, 2K)
-            top_beam = top_idx // v  # (B, 2K)
+            cand = (beam_scores[:, None] + logp_masked).view(nb, k_beam * v)  # (B_alive, K*V)
+            top_scores, top_idx = torch.topk(cand, 2 * k_beam, dim=-1)  # (B_alive, 2K)
+            top_beam = top_idx // v  # (B_alive, 2K)
             top_tok = top_idx % v
             is_eos = top_tok.eq(mc.eos_id)
             # finished hypotheses: EOS among the first K candidates
-            for si, ri in (is_eos[:, :k_beam] & torch.isfinite(top_scores[:, :k_beam])).nonzero().tolist():
-                if done[si]:
-                    continue
-                row = si * k_beam + int(top_beam[si, ri])
-                s = float(top_scores[si, ri]) / length_penalty(new_len, config.length_penalty)
-                finished[si].append(_Final(s, position, row, mc.eos_id, float(logp[row, mc.eos_id]), True))
+            for bi, ri in (is_eos[:, :k_beam] & torch.isfinite(top_scores[:, :k_beam])).nonzero().tolist():
+                row = bi * k_beam + int(top_beam[bi, ri])
+                s = float(top_scores[bi, ri]) / length_penalty(new_len, config.length_penalty)
+                finished[alive[bi]].append(_Final(s, position, row, mc.eos_id, float(logp[row, mc.eos_id]), True))
             # next live beams: the best K non-EOS candidates, in score order
-            live_scores, live_rank = torch.topk(top_scores.masked_fill(is_eos, float("-inf")), k_beam, dim=-1)  # (B, K)
-            parent = (torch.arange(b, device=device)[:, None] * k_beam + top_beam.gather(1, live_rank)).view(n)  # (N,)
+            live_scores, live_rank = torch.topk(top_scores.masked_fill(is_eos, float("-inf")), k_beam, dim=-1)  # (B_alive, K)
+            parent = (torch.arange(nb, device=device)[:, None] * k_beam + top_beam.gather(1, live_rank)).view(n)  # (N,)
             token = top_tok.gather(1, live_rank).view(n)  # (N,)
             new_scores = live_scores.view(n)
-            for si in range(b):
-                if done[si]:
-                    continue
-                if at_limit[si]:  # length cap: the live beams end here, unfinished
+            chosen = logp[parent, token]  # (N,)
+            for bi, si in enumerate(alive):
+                if at_limit[bi]:  # length cap: the live beams end here, unfinished
                     for kk in range(k_beam):
-                        r = si * k_beam + kk
+                        r = bi * k_beam + kk
                         if torch.isfinite(new_scores[r]):
-                            s = float(new_scores[r]) / length_penalty(new_len, config.length_penalty)
+                            sc = float(new_scores[r]) / length_penalty(new_len, config.length_penalty)
                             pr, tk = int(parent[r]), int(token[r])
-                            finished[si].append(_Final(s, position, pr, tk, float(logp[pr, tk]), False))
+                            finished[si].append(_Final(sc, position, pr, tk, float(logp[pr, tk]), False))
                     done[si] = True
                     continue
                 finished[si].sort(key=lambda f: -f.score)
@@ -234,7 +234,7 @@ def search(
                         done[si] = True
                     else:
                         # best score any live beam can still reach (exact for alpha >= 0)
-                        best_live = float(new_scores[si * k_beam])
+                        best_live = float(new_scores[bi * k_beam])
                         bound_len = max_new[si] + len(prefix) if config.length_penalty > 0 else new_len
                         bound = best_live / length_penalty(bound_len, config.length_penalty)
                         done[si] = bound <= finished[si][-1].score
@@ -243,35 +243,45 @@ def search(
                 token = logp_masked.argmax(-1)  # (N,)
             else:
                 filt = _filter_logits(raw_logits / config.temperature, config.top_k, config.top_p)
-                filt[:, banned] = float("-inf")
+                filt = filt + banned_bias
                 probs = filt.softmax(-1).cpu()
                 token = torch.stack(
-                    [torch.multinomial(probs[r], 1, generator=generators[r]).squeeze(0) for r in range(n)]
+                    [torch.multinomial(probs[r], 1, generator=generators[si]).squeeze(0) for r, si in enumerate(alive)]
                 ).to(device)
-            token = torch.where(row_done, torch.full_like(token, mc.pad_id), token)
-            parent = identity
+            parent = torch.arange(n, device=device)
             chosen = logp.gather(1, token[:, None]).squeeze(1)  # (N,)
-            new_scores = beam_scores + torch.where(row_done, torch.zeros_like(chosen), chosen)
-            for r in range(n):
-                if done[r]:
-                    continue
-                eos = int(token[r]) == mc.eos_id
-                if eos or at_limit[r]:
-                    finished[r].append(_Final(float(new_scores[r]), position, r, int(token[r]), float(chosen[r]), eos))
-                    done[r] = True
-            row_done = torch.tensor(done, device=device)
-
-        select(parent, token, logp)
-        beam_scores = new_scores
-        seq = torch.cat([seq.index_select(0, parent), token[:, None]], 1)  # (N, t+1)
-        step += 1
-
-        if all(done):
-            break
-        yield SearchStep(step, [seq[si * k_beam].tolist() for si in range(b)])
+            new_scores = beam_scores + chosen
+            ended = token.eq(mc.eos_id).tolist()
+            for r, si in enumerate(alive):
+                if ended[r] or at_limit[r]:
+                    finished[si].append(_Final(float(new_scores[r]), position, r, int(token[r]), float(chosen[r]), ended[r]))
+                    done[si] = True
 
         if config.strategy == "beam":
-            cache.reorder(parent, same_source=True)
+            seq = seq.index_select(0, parent)
+        seq = torch.cat([seq, token[:, None]], 1)  # (N, t+1)
+        step += 1
+        # Sentences that are done leave the batch: their rows are dropped from everything that follows.
+        keep_blocks = [bi for bi, si in enumerate(alive) if not done[si]]
+        dropped = len(keep_blocks) < nb
+        if dropped:
+            for bi, si in enumerate(alive):
+                if done[si]:
+                    last_partial[si] = seq[bi * k_beam].tolist()
+            keep = torch.tensor([bi * k_beam + kk for bi in keep_blocks for kk in range(k_beam)], dtype=torch.long, device=device)
+            parent, token, chosen, new_scores, seq = (t.index_select(0, keep) for t in (parent, token, chosen, new_scores, seq))
+            alive = [alive[bi] for bi in keep_blocks]
+        select(parent, token, chosen)
+        beam_scores = new_scores
+        if not alive:
+            break
+        partial = list(last_partial)
+        for bi, row in enumerate(seq[::k_beam].tolist()):  # row bi * K: the best live hypothesis of its sentence
+            partial[alive[bi]] = row
+        yield SearchStep(step, partial)
+
+        if config.strategy == "beam" or dropped:
+            cache.reorder(parent, same_source=not dropped)
         out = model.decode_step(token[:, None], cache, need_weights)
         raw_logits = out.logits[:, -1].float()
         logp = F.log_softmax(raw_logits, dim=-1)  # (N, V)

@@ -1,0 +1,66 @@
+"""The packed inference projections must always equal nn.Linear on the current weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tui_translate.linear import project
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 5)
+        self.b = nn.Linear(8, 3)
+        self.c = nn.Linear(8, 4, bias=False)
+
+
+def reference(block: Block, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    out = torch.cat([block.a(x), block.b(x), block.c(x)], dim=-1)
+    if extra is not None:
+        out = out + extra
+    return out
+
+
+def test_packed_equals_linear_in_and_out_of_inference_mode():
+    torch.manual_seed(0)
+    block = Block()
+    x = torch.randn(2, 3, 8)
+    extra = torch.randn(1, 12)
+    with torch.no_grad():
+        want = reference(block, x, extra)
+        got = project(block, "abc", x, block.a, block.b, block.c, extra_bias=extra)
+    assert got.shape == (2, 3, 12)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    with torch.inference_mode():
+        torch.testing.assert_close(project(block, "abc", x, block.a, block.b, block.c, extra_bias=extra), want, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(project(block, "c", x, block.c), block.c(x), atol=1e-6, rtol=1e-6)
+        one = x[:1, :1]  # a single row takes the plain-GEMM path, several rows the oneDNN one
+        torch.testing.assert_close(project(block, "abc", one, block.a, block.b, block.c, extra_bias=extra), want[:1, :1],
+                                   atol=1e-6, rtol=1e-6)
+
+
+def test_pack_follows_optimizer_steps_reloads_and_dtype_changes():
+    torch.manual_seed(0)
+    block = Block()
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        project(block, "ab", x, block.a, block.b)  # build the pack
+    opt = torch.optim.SGD(block.parameters(), lr=0.5)
+    loss = project(block, "ab", x, block.a, block.b).square().sum()  # autograd path
+    loss.backward()
+    assert block.a.weight.grad is not None and block.b.bias.grad is not None
+    opt.step()  # in-place update: the pack must be rebuilt
+    with torch.no_grad():
+        torch.testing.assert_close(project(block, "ab", x, block.a, block.b), reference(block, x)[:, :8])
+    other = Block()
+    block.load_state_dict(other.state_dict())  # copy_ into the same parameters
+    with torch.no_grad():
+        torch.testing.assert_close(project(block, "ab", x, block.a, block.b), reference(other, x)[:, :8])
+    block.double()  # storage replaced
+    with torch.no_grad():
+        out = project(block, "ab", x.double(), block.a, block.b)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, reference(block, x.double())[:, :8])
+    assert set(block.state_dict()) == {"a.weight", "a.bias", "b.weight", "b.bias", "c.weight"}

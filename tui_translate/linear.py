@@ -1,0 +1,102 @@
+"""Linear layers for decoding speed: fused projections and a transposed inference layout.
+
+Incremental decoding multiplies one row (or a handful of beam rows) by every weight
+matrix of the decoder at each step. For such skinny products the layout matters a lot
+(measured on the 2-core AMD EPYC development machine, one thread):
+
+* one row: MKL's GEMM on the weight stored (D_in, D_out) row-major beats nn.Linear's
+  (D_out, D_in) read transposed (a decoder step's projections 0.76 ms instead of 1.21 ms);
+* several rows: oneDNN on a weight reordered once for it (`torch.ops.mkldnn`, what
+  PyTorch's own compiler uses for frozen CPU linears) beats both; the 8000-word output
+  layer for 5 beam rows takes 0.22 ms instead of 0.7 ms.
+
+`project(owner, name, x, *linears)` applies several nn.Linear layers that share
+their input as one matrix product (e.g. Q, K and V of self-attention) and returns
+the concatenated outputs. With autograd on (training) it multiplies by the
+concatenated parameters directly, so gradients flow as usual. With autograd off
+(`torch.inference_mode` / `no_grad`, i.e. decoding) it uses a packed copy: the
+weights concatenated and transposed into one contiguous (D_in, ΣD_out) matrix,
+cached on `owner` and rebuilt whenever a weight changes (an in-place update bumps a
+tensor's version; `.to()` and reloading replace its storage). The parameters, their
+names and the state dict are untouched, so checkpoints and the Marian mapping are
+unaffected.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_PACKS = "_inference_packs"
+
+
+_ONEDNN_BATCH_HINT = 64  # rows the oneDNN weight layout is tuned for; any row count works
+_onednn_ok = torch.backends.mkldnn.is_available()
+
+
+class _Pack:
+    """A packed copy of some parameters, valid while none of them has changed."""
+
+    def __init__(self, sources: tuple[Tensor, ...], weight: Tensor, bias: Tensor | None) -> None:
+        self.sources = sources
+        self.stamps = [(t.data_ptr(), t._version) for t in sources]
+        self.weight = weight  # (D_in, ΣD_out) contiguous
+        self.bias = bias  # (ΣD_out,) | None
+        self.onednn: Tensor | None = None  # the weight reordered for oneDNN, built on first multi-row use
+
+    def multiply(self, flat: Tensor) -> Tensor:
+        """flat: (rows, D_in) -> (rows, ΣD_out)."""
+        global _onednn_ok
+        if flat.size(0) > 1 and _onednn_ok and flat.dtype == torch.float32 and flat.device.type == "cpu":
+            try:
+                if self.onednn is None:
+                    with torch.inference_mode(False), torch.no_grad():
+                        self.onednn = torch.ops.mkldnn._reorder_linear_weight(self.weight.t().contiguous(), _ONEDNN_BATCH_HINT)
+                return torch.ops.mkldnn._linear_pointwise(flat.contiguous(), self.onednn, self.bias, "none", [], "")
+            except (RuntimeError, AttributeError, NotImplementedError):  # a build without oneDNN linear: plain GEMM
+                _onednn_ok = False
+        if self.bias is None:
+            return torch.mm(flat, self.weight)
+        return torch.addmm(self.bias, flat, self.weight)
+
+    def valid_for(self, sources: tuple[Tensor, ...]) -> bool:
+        return all(a is b for a, b in zip(sources, self.sources)) and all(
+            t.data_ptr() == ptr and t._version == version for t, (ptr, version) in zip(sources, self.stamps)
+        )
+
+
+def _packed(owner: nn.Module, name: str, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None) -> _Pack:
+    packs = owner.__dict__.setdefault(_PACKS, {})
+    sources = tuple(p for lin in linears for p in (lin.weight, lin.bias) if p is not None)
+    if extra_bias is not None:
+        sources += (extra_bias,)
+    pack = packs.get(name)
+    if pack is None or len(pack.sources) != len(sources) or not pack.valid_for(sources):
+        # Normal (not inference-mode) tensors, so the pack is usable inside and outside inference_mode.
+        with torch.inference_mode(False), torch.no_grad():
+            weight = torch.cat([lin.weight for lin in linears]).t().contiguous()  # (D_in, ΣD_out)
+            bias = _bias(linears, extra_bias)
+            bias = None if bias is None else bias.clone()
+        pack = packs[name] = _Pack(sources, weight, bias)
+    return pack
+
+
+def _bias(linears: tuple[nn.Linear, ...], extra_bias: Tensor | None) -> Tensor | None:
+    """The layers' biases concatenated (ΣD_out,), plus `extra_bias` (broadcastable to it) if given."""
+    biases = [lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in linears]
+    if extra_bias is None and all(lin.bias is None for lin in linears):
+        return None
+    bias = biases[0] if len(biases) == 1 else torch.cat(biases)
+    return bias if extra_bias is None else (bias + extra_bias).reshape(-1)
+
+
+def project(owner: nn.Module, name: str, x: Tensor, *linears: nn.Linear, extra_bias: Tensor | None = None) -> Tensor:
+    """x: (..., D_in) -> concatenated outputs of `linears` (+ `extra_bias`, e.g. Marian's final
+    logits bias, folded into the same product), (..., ΣD_out)."""
+    if torch.is_grad_enabled():
+        weight = linears[0].weight if len(linears) == 1 else torch.cat([lin.weight for lin in linears])
+        return F.linear(x, weight, _bias(linears, extra_bias))
+    pack = _packed(owner, name, linears, extra_bias)
+    out = pack.multiply(x.reshape(-1, x.size(-1)))  # (rows, ΣD_out)
+    return out.view(*x.shape[:-1], pack.weight.size(1))
