@@ -308,3 +308,27 @@ async def test_long_input_becomes_one_inspectable_exchange_per_sentence(tmp_path
         app.query_one("#prompt").value = "x" * 6000
         await pilot.press("enter")
         assert len(app.exchanges) == 3 and any("limit" in n.message for n in app._notifications)
+
+
+async def test_inspector_stays_on_first_sentence_and_gc_is_kept_short(tmp_path, monkeypatch):
+    import gc
+
+    import tui_translate.ui.app as app_module
+
+    monkeypatch.setattr(app_module, "GC_EVERY_SENTENCES", 3)
+    monkeypatch.setattr(app_module, "GC_IDLE_SECONDS", 0.05)
+    app = make_app(tmp_path)
+    try:
+        async with app.run_test(size=(100, 32)) as pilot:
+            await wait_for(pilot, lambda: app.translator is not None)
+            assert gc.get_freeze_count() > 0  # libraries and model are out of the collector's view
+            app.query_one("#prompt").value = "Le chat dort. Il est petit ! Je suis étudiant et le chat est bon."
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: len(app.exchanges) == 3 and all(e.status == "done" for e in app.exchanges))
+            # later sentences of the paste did not take the inspector away from the first one
+            assert app.selection == (app.exchanges[0].id, 0, 0)
+            # 3 finished sentences and an idle app: one real collection ran and reset the count
+            await wait_for(pilot, lambda: app._sentences_since_collect == 0)
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -41,6 +41,12 @@ def attention_probabilities(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor
     return weights / weights.sum(dim=-1, keepdim=True)  # (B, H, T, S)
 
 
+def key_padding_mask(valid: Tensor) -> Tensor | None:
+    """valid: (B, S) bool, True at real tokens -> mask (B, 1, 1, S) for attention over those keys,
+    or None when nothing is padding (one sentence, or equal lengths): attention then skips masking."""
+    return None if bool(valid.all()) else valid[:, None, None, :]
+
+
 class MultiHeadAttention(nn.Module):
     """H heads of scaled dot-product attention, concatenated and projected.
 

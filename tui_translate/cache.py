@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from .attention import key_padding_mask
+
 
 @dataclass
 class LayerCache:
@@ -30,7 +32,7 @@ class KVCache:
     def __init__(self, layers: list[LayerCache], source_mask: Tensor, capacity: int) -> None:
         self.layers = layers
         self.source_mask = source_mask  # (N, S) bool, True at real (non-pad) source tokens
-        self.cross_mask = _attention_mask(source_mask)  # (N, 1, 1, S) | None when nothing is padded
+        self.cross_mask = key_padding_mask(source_mask)  # (N, 1, 1, S) | None when nothing is padded
         self.capacity = capacity
         self.length = 0  # target positions already stored
 
@@ -79,10 +81,4 @@ class KVCache:
                 c.cross_v = c.cross_v.index_select(0, index)
         if not same_source:
             self.source_mask = self.source_mask.index_select(0, index)
-            self.cross_mask = _attention_mask(self.source_mask)
-
-
-def _attention_mask(source_mask: Tensor) -> Tensor | None:
-    """(N, S) -> (N, 1, 1, S) for cross-attention; None when no source position is padding
-    (a single sentence, or equal lengths), which lets attention skip the mask entirely."""
-    return None if bool(source_mask.all()) else source_mask[:, None, None, :]
+            self.cross_mask = key_padding_mask(self.source_mask)

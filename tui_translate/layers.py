@@ -94,7 +94,7 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(config.d_model, config.d_ff, config.activation, config.activation_dropout)
         self.ffn_res = _Residual(config)
 
-    def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, mask: Tensor | None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """x: (B, S, D); mask: (B, 1, 1, S) True at real tokens. Returns x and weights (B, H, S, S) | None."""
         h = self.self_attn_res.before(x)
         attn, weights = self.self_attn(h, h, mask, need_weights=need_weights)
@@ -119,7 +119,7 @@ class DecoderLayer(nn.Module):
         self,
         x: Tensor,
         memory: Tensor,
-        memory_mask: Tensor,
+        memory_mask: Tensor | None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Full-sequence (training / teacher-forced) pass.

@@ -36,14 +36,32 @@ _onednn_ok = torch.backends.mkldnn.is_available()
 
 
 class _Pack:
-    """A packed copy of some parameters, valid while none of them has changed."""
+    """A packed copy of some layers' parameters, valid while none of them has changed."""
 
-    def __init__(self, sources: tuple[Tensor, ...], weight: Tensor, bias: Tensor | None) -> None:
-        self.sources = sources
-        self.stamps = [(t.data_ptr(), t._version) for t in sources]
+    def __init__(self, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None, weight: Tensor, bias: Tensor | None) -> None:
+        self.linears = linears
+        self.extra_bias = extra_bias
+        self.params = [(lin._parameters["weight"], lin._parameters["bias"]) for lin in linears]
+        tensors = [t for pair in self.params for t in pair if t is not None]
+        if extra_bias is not None:
+            tensors.append(extra_bias)
+        self.stamps = [(t, t.data_ptr(), t._version) for t in tensors]
         self.weight = weight  # (D_in, ΣD_out) contiguous
         self.bias = bias  # (ΣD_out,) | None
         self.onednn: Tensor | None = None  # the weight reordered for oneDNN, built on first multi-row use
+
+    def valid_for(self, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None) -> bool:
+        """Same layers holding the same parameter objects, none updated in place (version) or moved (storage)."""
+        if extra_bias is not self.extra_bias or len(linears) != len(self.linears):
+            return False
+        for lin, (w, b) in zip(linears, self.params):
+            params = lin._parameters
+            if params["weight"] is not w or params["bias"] is not b:
+                return False
+        for t, ptr, version in self.stamps:
+            if t._version != version or t.data_ptr() != ptr:
+                return False
+        return True
 
     def multiply(self, flat: Tensor) -> Tensor:
         """flat: (rows, D_in) -> (rows, ΣD_out)."""
@@ -60,25 +78,17 @@ class _Pack:
             return torch.mm(flat, self.weight)
         return torch.addmm(self.bias, flat, self.weight)
 
-    def valid_for(self, sources: tuple[Tensor, ...]) -> bool:
-        return all(a is b for a, b in zip(sources, self.sources)) and all(
-            t.data_ptr() == ptr and t._version == version for t, (ptr, version) in zip(sources, self.stamps)
-        )
-
 
 def _packed(owner: nn.Module, name: str, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None) -> _Pack:
     packs = owner.__dict__.setdefault(_PACKS, {})
-    sources = tuple(p for lin in linears for p in (lin.weight, lin.bias) if p is not None)
-    if extra_bias is not None:
-        sources += (extra_bias,)
     pack = packs.get(name)
-    if pack is None or len(pack.sources) != len(sources) or not pack.valid_for(sources):
+    if pack is None or not pack.valid_for(linears, extra_bias):
         # Normal (not inference-mode) tensors, so the pack is usable inside and outside inference_mode.
         with torch.inference_mode(False), torch.no_grad():
             weight = torch.cat([lin.weight for lin in linears]).t().contiguous()  # (D_in, ΣD_out)
             bias = _bias(linears, extra_bias)
             bias = None if bias is None else bias.clone()
-        pack = packs[name] = _Pack(sources, weight, bias)
+        pack = packs[name] = _Pack(linears, extra_bias, weight, bias)
     return pack
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import key_padding_mask
 from .cache import KVCache
 from .config import ModelConfig
 from .layers import DecoderLayer, EncoderLayer, embedding_scale, sinusoidal_positions
@@ -100,7 +101,7 @@ class Transformer(nn.Module):
         """src: (B, S) token ids, padded with pad_id. Returns memory (B, S, D) and optionally
         the encoder self-attention of every layer stacked as (B, L, H, S, S)."""
         source_mask = src.ne(self.config.pad_id)  # (B, S)
-        mask = source_mask[:, None, None, :]  # (B, 1, 1, S)
+        mask = key_padding_mask(source_mask)  # (B, 1, 1, S) | None
         x = self._embed(self.src_embed, src)
         weights = []
         for layer in self.encoder_layers:
@@ -138,7 +139,7 @@ class Transformer(nn.Module):
     ) -> StepOutput:
         """Full teacher-forced decoder pass. tgt_in: (B, T) starting with decoder_start_id."""
         x = self._embed(self.tgt_embed, tgt_in)  # (B, T, D)
-        mask = encoded.source_mask[:, None, None, :]  # (B, 1, 1, S)
+        mask = key_padding_mask(encoded.source_mask)  # (B, 1, 1, S) | None
         self_ws, cross_ws = [], []
         for layer in self.decoder_layers:
             x, sw, cw = layer(x, encoded.memory, mask, need_weights)

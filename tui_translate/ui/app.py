@@ -11,6 +11,7 @@ worker that checks for cancellation between decoding steps and talks to the UI o
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -40,6 +41,8 @@ from .widgets.inspector import AGGREGATES, MATRIX_KINDS, AttentionGrid, MatrixVi
 WIDE_COLUMNS = 120
 LIVE_DEBOUNCE_S = 0.35
 MAX_INPUT_CHARS = 5000
+GC_EVERY_SENTENCES = 50  # see TranslateApp._keep_gc_pauses_short
+GC_IDLE_SECONDS = 3.0
 MAX_VISIBLE_EXCHANGES = 60  # older exchanges leave the screen (they stay in the transcript file and exports)
 
 
@@ -122,6 +125,12 @@ class TranslateApp(App):
         self.selection: tuple[int, int, int] | None = None  # (exchange id, hypothesis, token)
         self.last_input = ""
         self._live_timer: Timer | None = None
+        # Progress is coalesced: the decoding thread keeps only the newest partial result and posts a
+        # message only when the previous one has been shown, so the UI never queues a backlog of
+        # steps behind the user's keystrokes (decoding steps come every few milliseconds).
+        self._latest_progress: TranslationProgress | None = None
+        self._progress_posted = False
+        self._sentences_since_collect = 0
         self.set_reactive(TranslateApp.decode_config, decode_config or DecodeConfig())
 
     # -- layout ---------------------------------------------------------------------------------
@@ -193,6 +202,7 @@ class TranslateApp(App):
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.translator = message.translator
+        gc.freeze()  # libraries, model, widgets: see _keep_gc_pauses_short
         self.loading = False
         self.model_path = Path(getattr(self.translator, "path", self.model_path))
         self._update_subtitle()
@@ -281,7 +291,10 @@ class TranslateApp(App):
                     if isinstance(event, Translation):
                         self.post_message(TranslationDone(request_id, event, index))
                     else:
-                        self.post_message(TranslationProgress(request_id, event, index))
+                        self._latest_progress = TranslationProgress(request_id, event, index)
+                        if not self._progress_posted:
+                            self._progress_posted = True
+                            self.post_message(self._latest_progress)
             except Cancelled:
                 return
             except Exception as e:  # noqa: BLE001 - errors become notifications, never crashes
@@ -306,6 +319,8 @@ class TranslateApp(App):
                 strip.confidence = self.confidence
 
     def on_translation_progress(self, message: TranslationProgress) -> None:
+        self._progress_posted = False
+        message = self._latest_progress or message  # the newest step, which may be past the posted one
         ex = self._exchange_for(message.request_id, message.index)
         if ex is None:
             return
@@ -322,8 +337,32 @@ class TranslateApp(App):
         self._refresh_view(ex)
         self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
         self._save_transcript()
-        if message.translation.hypotheses and message.translation.best.pieces:
+        self._keep_gc_pauses_short(request_finished=all(e.status != "running" for e in self.running))
+        # The inspector follows the first finished sentence of a request; later sentences of a
+        # long paste do not yank it away (and do not re-render it each time).
+        selected_here = self.selection is not None and any(e.id == self.selection[0] for e in self.running)
+        if message.translation.hypotheses and message.translation.best.pieces and not selected_here:
             self.select_token(ex.id, 0, 0)
+
+    def _keep_gc_pauses_short(self, request_finished: bool) -> None:
+        """Python's full garbage collections traverse every live object; with the libraries, the
+        model and a growing transcript that was 150-300 ms of frozen UI every second or two while
+        translations streamed in (measured with `tui-translate bench`). Objects that survived until a
+        sentence finished are moved out of the collector's view (gc.freeze), so collections only
+        look at what is new. After 50 sentences, once nothing has been decoding for a few seconds,
+        one real collection frees whatever became garbage meanwhile."""
+        self._sentences_since_collect += 1
+        gc.freeze()
+        if request_finished and self._sentences_since_collect >= GC_EVERY_SENTENCES:
+            self.set_timer(GC_IDLE_SECONDS, self._collect_when_idle)
+
+    def _collect_when_idle(self) -> None:
+        if self._sentences_since_collect < GC_EVERY_SENTENCES or any(e.status == "running" for e in self.running):
+            return  # already done, or busy again: the next finished request schedules another try
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self._sentences_since_collect = 0
 
     def on_translation_failed(self, message: TranslationFailed) -> None:
         ex = self._exchange_for(message.request_id, message.index)
