@@ -141,7 +141,7 @@ def _peer_engines(translator: Translator, console: Console) -> tuple[dict, dict]
     return engines, skipped
 
 
-def training_throughput(translator: Translator, steps: int = 6, batch: int = 96, length: int = 16) -> dict:
+def training_throughput(translator: Translator, steps: int = 10, batch: int = 96, length: int = 16) -> dict:
     """Tokens/s of one optimiser step: this project's model vs torch.nn.Transformer of the same size."""
     from .model import Transformer
 
@@ -162,21 +162,21 @@ def training_throughput(translator: Translator, steps: int = 6, batch: int = 96,
         h = ref_core(embed(src), embed(tgt), tgt_mask=causal, tgt_is_causal=True)
         return out_proj(h)
 
-    results = {}
-    for name, params, forward in (("tui-translate", list(ours.parameters()), lambda: ours(src, tgt)),
-                                  ("torch.nn.Transformer", [*ref_core.parameters(), *embed.parameters()], ref_forward)):
-        opt = torch.optim.Adam(params, lr=1e-4)
-        times = []
-        for i in range(steps + 2):
+    engines = {"tui-translate": (list(ours.parameters()), lambda: ours(src, tgt)),
+               "torch.nn.Transformer": ([*ref_core.parameters(), *embed.parameters()], ref_forward)}
+    optimizers = {name: torch.optim.Adam(params, lr=1e-4) for name, (params, _) in engines.items()}
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for i in range(steps + 2):  # interleaved, so both see the same machine conditions; 2 warm-up steps
+        for name, (_, forward) in engines.items():
             start = time.perf_counter()
             logits = forward()
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, c.vocab_size), tgt.reshape(-1))
-            opt.zero_grad()
+            optimizers[name].zero_grad()
             loss.backward()
-            opt.step()
+            optimizers[name].step()
             if i >= 2:
-                times.append(time.perf_counter() - start)
-        results[name] = round(2 * batch * length / statistics.median(times), 1)
+                times[name].append(time.perf_counter() - start)
+    results = {name: round(2 * batch * length / statistics.median(t), 1) for name, t in times.items()}
     return results
 
 
@@ -223,8 +223,65 @@ def app_latency(model_path: Path, text: str) -> dict:
     return asyncio.run(measure())
 
 
+# torch.profiler op names (namespace stripped) -> where the time of a decoding step goes
+_CATEGORIES = {
+    "matrix products": {"addmm", "mm", "_linear_pointwise", "linear", "bmm", "matmul", "embedding"},
+    "attention kernels": {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu", "softmax", "_softmax",
+                          "exp", "amax", "sum", "div", "masked_fill"},
+    "layer norm, activations": {"layer_norm", "native_layer_norm", "relu", "clamp_min", "gelu", "silu"},
+    "elementwise (residuals, scaling)": {"add", "mul", "sub"},
+    "search: top-k, log-softmax, picks": {"topk", "log_softmax", "_log_softmax", "argmax", "gather", "index", "isfinite", "eq",
+                                          "where", "multinomial", "sort", "cumsum", "nonzero", "floor_divide", "remainder"},
+}
+_PLUMBING = "tensor plumbing: views, copies, allocation"
+
+
+def profile_decoding(translator: Translator, texts: list[str], console: Console) -> dict:
+    """Where the time of batch-1 decoding goes: torch.profiler's self time of every op, grouped, against
+    the wall time of the same decoding run without the profiler; 'Python between ops' is the rest
+    (the search loop, module calls, dispatch). The profiler adds a little to each op, so the shares
+    are approximate."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, tok = translator.model, translator.tokenizer
+    report = {}
+    for strategy, cfg in STRATEGIES.items():
+        inputs = [pad_batch(tok.encode_ids([t]), model.config.pad_id) for t in texts]
+        for src in inputs[:3]:  # warm-up
+            for _ in search(model, src, cfg):
+                pass
+        start = time.perf_counter()  # wall time without the profiler, which slows every op call down
+        steps = 0
+        for src in inputs:
+            for event in search(model, src, cfg):
+                pass
+            steps += event.steps
+        wall = time.perf_counter() - start
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for src in inputs:
+                for _ in search(model, src, cfg):
+                    pass
+        groups = {name: 0.0 for name in (*_CATEGORIES, _PLUMBING)}
+        for e in prof.key_averages():
+            op = e.key.split("::")[-1]
+            name = next((n for n, ops in _CATEGORIES.items() if op in ops), _PLUMBING)
+            groups[name] += e.self_cpu_time_total / 1e6
+        groups["Python between ops"] = max(0.0, wall - sum(groups.values()))
+        report[strategy] = {"ms_per_sentence": round(1000 * wall / len(texts), 2), "ms_per_step": round(1000 * wall / max(steps, 1), 3),
+                            "share": {k: round(v / wall, 3) for k, v in groups.items()}}
+        table = Table(title=f"where the time goes · {strategy} · batch 1 · {len(texts)} sentences · "
+                            f"{report[strategy]['ms_per_step']:.2f} ms per decoding step")
+        table.add_column("part")
+        table.add_column("ms / sentence", justify="right")
+        table.add_column("share", justify="right")
+        for k, v in sorted(groups.items(), key=lambda kv: -kv[1]):
+            table.add_row(k, f"{1000 * v / len(texts):.2f}", f"{100 * v / wall:.0f}%")
+        console.print(table)
+    return report
+
+
 def run_bench(translator: Translator, texts: list[str], console: Console, batch_sizes=(1, 32), json_path: str | None = None,
-              peers: bool = True, app_check: bool = True) -> dict:
+              peers: bool = True, app_check: bool = True, profile: bool = True) -> dict:
     engines: dict[str, Engine] = {"ours-fast": _ours(translator, False), "ours-capture": _ours(translator, True)}
     skipped: dict[str, str] = {}
     if peers:
@@ -255,13 +312,17 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
     for r in rows:
         base = measures[("ours-fast", r["strategy"], r["batch"])].row()["median_ms_per_sentence"]
         r["ratio_to_ours_fast"] = round(r["median_ms_per_sentence"] / base, 2) if base else None
+    profiled = profile_decoding(translator, texts[:50], console) if profile else None
     train = training_throughput(translator)
     app = app_latency(translator.path, " ".join(texts[:60])) if app_check else None  # 60 sentences decoded in a row
     report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts),
-              "torch": torch.__version__, "rows": rows, "skipped": skipped, "training_tokens_per_s": train, "app": app}
+              "torch": torch.__version__, "rows": rows, "skipped": skipped, "training_tokens_per_s": train, "app": app,
+              "profile": profiled}
     table = Table(title=f"tui-translate bench · {translator.name} · {len(texts)} sentences · {torch.get_num_threads()} threads")
-    for col in ("engine", "strategy", "batch", "median ms/sent", "p90 ms/sent", "tgt tok/s", "first token ms", "× ours-fast"):
-        table.add_column(col, justify="right" if col not in ("engine", "strategy") else "left")
+    table.add_column("engine", no_wrap=True, min_width=19)
+    table.add_column("strategy", no_wrap=True)
+    for col in ("batch", "ms/sent median", "ms/sent p90", "target tok/s", "first token ms", "× ours-fast"):
+        table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r["engine"], r["strategy"], str(r["batch"]), f"{r['median_ms_per_sentence']:.1f}", f"{r['p90_ms_per_sentence']:.1f}",
                       f"{r['target_tokens_per_s']:.0f}", "" if r["first_token_ms"] is None else f"{r['first_token_ms']:.1f}",

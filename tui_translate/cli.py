@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="batch sizes (default: 1 32)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers as JSON to FILE")
     p.add_argument("--no-peers", action="store_true", help="measure only this project's engine")
+    p.add_argument("--no-app", action="store_true", help="skip the app latency measurement")
+    p.add_argument("--no-profile", action="store_true", help="skip the where-the-time-goes profile")
 
     p = sub.add_parser("import-marian", help="convert a Hugging Face Marian (opus-mt) directory into a model directory",
                        description="Convert SRC_DIR (config.json, model.safetensors or pytorch_model.bin, source.spm, target.spm, "
@@ -237,7 +239,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     translator = load_translator(args.model)
     direction = f"{translator.source_lang}-{translator.target_lang}"
     pairs = read_pairs(args.tsv, direction if direction in ("fr-en", "en-fr") else "fr-en", args.sentences)
-    run_bench(translator, [s for s, _ in pairs], Console(), tuple(args.batch_sizes), args.json, peers=not args.no_peers)
+    run_bench(translator, [s for s, _ in pairs], Console(), tuple(args.batch_sizes), args.json, peers=not args.no_peers,
+              app_check=not args.no_app, profile=not args.no_profile)
     return 0
 
 

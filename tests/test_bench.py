@@ -1,0 +1,38 @@
+"""`tui-translate bench` end to end on a tiny Marian-compatible model: every engine measured, JSON written."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import ENGLISH, FRENCH, fit_briefly, make_model
+from tui_translate.checkpoint import save_model_dir
+from tui_translate.cli import main
+
+
+def test_bench_measures_every_engine_on_identical_weights(tokenizer, tmp_path, capsys):
+    model = fit_briefly(make_model(tokenizer, norm_placement="post", position_layout="split", final_logits_bias=True,
+                                   decoder_start_id=tokenizer.pad_id), tokenizer)
+    model_dir = save_model_dir(tmp_path / "fr-en", model, tokenizer, meta={"source_lang": "fr", "target_lang": "en"})
+    tsv = tmp_path / "valid.tsv"
+    tsv.write_text("".join(f"{f}\t{e}\n" for f, e in zip(FRENCH, ENGLISH)), encoding="utf-8")
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", str(model_dir), "--tsv", str(tsv), "--sentences", "6", "--threads", "1",
+                 "--batch-sizes", "1", "4", "--json", str(out), "--no-app"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["skipped"] == {}  # transformers and ctranslate2 are test dependencies
+    engines = {"ours-fast", "ours-capture", "transformers", "ctranslate2-float32", "ctranslate2-int8"}
+    cells = {(r["engine"], r["strategy"], r["batch"]) for r in report["rows"]}
+    assert cells == {(e, s, b) for e in engines for s in ("greedy", "beam5") for b in (1, 4)}
+    for r in report["rows"]:
+        assert r["sentences"] == 6 and r["median_ms_per_sentence"] > 0 and r["target_tokens_per_s"] > 0
+        if r["engine"] == "ours-fast":
+            assert r["ratio_to_ours_fast"] == 1.0
+        if r["engine"].startswith("ours") and r["batch"] == 1:
+            assert 0 < r["first_token_ms"] <= r["p90_ms_per_sentence"]
+    assert set(report["training_tokens_per_s"]) == {"tui-translate", "torch.nn.Transformer"}
+    for strategy in ("greedy", "beam5"):
+        share = report["profile"][strategy]["share"]
+        assert abs(sum(share.values()) - 1.0) < 0.05 and share["matrix products"] > 0
+    printed = capsys.readouterr().out
+    assert "ctranslate2" in printed and "transformers" in printed and "where the time goes" in printed
