@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,7 +14,7 @@ spm = pytest.importorskip("sentencepiece")
 from tests.conftest import ENGLISH, FRENCH, make_model, tiny_corpus  # noqa: E402
 from tui_translate.checkpoint import ModelLoadError, load_model_dir, save_model_dir  # noqa: E402
 from tui_translate.config import DecodeConfig  # noqa: E402
-from tui_translate.evaluate import pad_batch  # noqa: E402
+from tui_translate.search import pad_batch  # noqa: E402
 from tui_translate.marian import export_marian, import_marian, load_marian  # noqa: E402
 from tui_translate.search import SearchDone, search  # noqa: E402
 from tui_translate.translator import Translator  # noqa: E402

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tui_translate.config import ConfigError, DecodeConfig
-from tui_translate.evaluate import pad_batch
+from tui_translate.search import pad_batch
 from tui_translate.search import SearchDone, SearchStep, length_penalty, search
 
 SOURCES = ["je suis étudiant", "le chat dort", "Qu'est-ce que c'est ?", "il est petit et la maison est grande"]

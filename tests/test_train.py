@@ -14,7 +14,7 @@ import sacrebleu
 import torch
 from safetensors.torch import load_file
 
-from tui_translate.config import DecodeConfig, TrainConfig
+from tui_translate.config import TrainConfig
 from tui_translate.evaluate import score, translate_texts
 from tui_translate.checkpoint import load_model_dir
 from tui_translate.train import checkpoint_dirs, train

@@ -22,8 +22,7 @@ from rich.table import Table
 
 from .atomic import write_text
 from .config import DecodeConfig
-from .evaluate import pad_batch
-from .search import SearchStep, search
+from .search import SearchStep, pad_batch, search
 from .translator import Translator
 
 # Beam search stops once 5 hypotheses have finished in every engine: CTranslate2's rule (patience 1),

@@ -207,8 +207,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run_app(args: argparse.Namespace) -> int:
     """Open the app. The translator is created by a loader the app calls in a worker thread,
     so the first frame paints before torch is imported."""
-    from pathlib import Path
-
     from .paths import available_models, data_dir
     from .ui.app import TranslateApp
     from .ui.store import Store

@@ -5,21 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from .config import DecodeConfig
 from .model import Transformer
-from .search import SearchDone, search
+from .search import search_in_batches
 from .tokenizer import Tokenizer
-
-
-def pad_batch(ids: list[list[int]], pad_id: int) -> torch.Tensor:
-    width = max(len(x) for x in ids)
-    out = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    for r, x in enumerate(ids):
-        out[r, : len(x)] = torch.tensor(x, dtype=torch.long)
-    return out
 
 
 def translate_texts(
@@ -38,16 +29,9 @@ def translate_texts(
     encoded = tokenizer.encode_ids(texts)
     limit = model.config.max_positions
     encoded = [e if len(e) <= limit else e[: limit - 1] + [tokenizer.eos_id] for e in encoded]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     results: list[str] = [""] * len(texts)
     done = 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        src = pad_batch([encoded[i] for i in idx], model.config.pad_id)
-        final = None
-        for event in search(model, src, config):
-            final = event
-        assert isinstance(final, SearchDone)
+    for idx, final, _ in search_in_batches(model, encoded, config, batch_size):
         for i, hyps in zip(idx, final.hypotheses):
             results[i] = tokenizer.decode(hyps[0].tokens)
         done += len(idx)

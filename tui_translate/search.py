@@ -17,6 +17,7 @@ finally one `SearchDone`. Stop iterating to cancel.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -82,6 +83,33 @@ class _Final:
     token: int
     token_lp: float
     eos: bool
+
+
+def pad_batch(ids: list[list[int]], pad_id: int) -> Tensor:
+    """Token id lists -> (B, S_max) long tensor padded with pad_id, the input `search` takes."""
+    width = max(len(x) for x in ids)
+    out = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    for r, x in enumerate(ids):
+        out[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+    return out
+
+
+def search_in_batches(
+    model: Transformer, sources: list[list[int]], config: DecodeConfig, batch_size: int = 32, need_weights: bool = False
+) -> Iterator[tuple[list[int], SearchDone, float]]:
+    """Decode many sources, `batch_size` at a time, sentences of similar length together (less padding).
+
+    Yields (indices into `sources`, their SearchDone in that order, seconds the batch took) per batch.
+    """
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    for start in range(0, len(order), max(1, batch_size)):
+        idx = order[start : start + max(1, batch_size)]
+        began = time.perf_counter()
+        final = None
+        for final in search(model, pad_batch([sources[i] for i in idx], model.config.pad_id), config, need_weights=need_weights):
+            pass
+        assert isinstance(final, SearchDone)
+        yield idx, final, time.perf_counter() - began
 
 
 def length_penalty(length: int, alpha: float) -> float:

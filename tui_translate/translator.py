@@ -15,11 +15,10 @@ import torch
 
 from .checkpoint import LoadedModel, load_model_dir
 from .config import DecodeConfig, ModelConfig
-from .evaluate import pad_batch
 from .results import Alternative, AttentionMaps, Cancelled, Hypothesis, InputTooLong, PartialTranslation, Translation
 from .sentences import split_sentences
 from .search import Hypothesis as RawHypothesis
-from .search import SearchDone, SearchStep, search
+from .search import SearchDone, SearchStep, search, search_in_batches
 from .tokenizer import Encoded
 
 __all__ = ["Cancelled", "InputTooLong", "Translator", "load_translator"]
@@ -165,18 +164,10 @@ class Translator:
                 results[i] = self._empty(text, config, "empty input: nothing to translate")
             else:
                 encoded.append((i, enc))
-        encoded.sort(key=lambda x: len(x[1].ids))
-        for b in range(0, len(encoded), max(1, batch_size)):
-            chunk = encoded[b : b + batch_size]
-            start = time.perf_counter()
-            src = pad_batch([e.ids for _, e in chunk], self.config.pad_id)
-            final = None
-            for final in search(self.model, src, config, need_weights=attention):
-                pass
-            assert isinstance(final, SearchDone)
-            elapsed = (time.perf_counter() - start) / len(chunk)
-            for row, (i, enc) in enumerate(chunk):
-                results[i] = self._translation(texts[i], enc, final, row, config, elapsed, None, None)
+        for rows, final, seconds in search_in_batches(self.model, [e.ids for _, e in encoded], config, batch_size, attention):
+            for row, k in enumerate(rows):
+                i, enc = encoded[k]
+                results[i] = self._translation(texts[i], enc, final, row, config, seconds / len(rows), None, None)
         return results  # type: ignore[return-value]
 
     # -- helpers ------------------------------------------------------------------------------
