@@ -50,7 +50,7 @@ class FakeTranslator:
 
         if len(text) > 20_000:
             raise InputTooLong("input is over the 20,000-character limit; nothing was translated")
-        return split_sentences(text) if len(text.split()) > 8 else [text]
+        return split_sentences(text) or [text]
 
     def _id(self, piece: str) -> int:
         if piece not in self.vocab:

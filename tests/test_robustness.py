@@ -86,6 +86,8 @@ def test_long_input_is_split_and_translated_in_order(translator):
     [t] = translator.translate_batch([text])
     assert [s.source for s in t.segments] == sentences
     assert t.text == " ".join(translator.translate(s).text for s in sentences)
+    assert translator.segments("Bonjour. Ça va ?") == ["Bonjour.", "Ça va ?"]  # short, but two sentences
+    assert translator.segments("le chat dort") == ["le chat dort"]
     huge = "mot " * (translator.config.max_positions * 2)  # one "sentence" longer than the positions: chunked
     chunks = translator.segments(huge)
     assert len(chunks) > 1 and " ".join(chunks) == huge.strip()

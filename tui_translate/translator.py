@@ -24,7 +24,6 @@ from .tokenizer import Encoded
 __all__ = ["Cancelled", "InputTooLong", "Translator", "load_translator"]
 
 MAX_INPUT_CHARS = 20_000  # hard cap: longer input is refused with a message
-SPLIT_TOKENS = 48  # inputs longer than this (in source tokens) are split into sentences
 
 
 class Translator:
@@ -66,15 +65,17 @@ class Translator:
             raise InputTooLong(f"input of {len(text):,} characters is over the {MAX_INPUT_CHARS:,}-character limit; nothing was translated")
 
     def segments(self, text: str) -> list[str]:
-        """The pieces `text` is translated in: itself when short, else its sentences (a sentence
-        still longer than the model's positions is cut at word boundaries into chunks that fit)."""
+        """The pieces `text` is translated in: its sentences (the models are trained on single
+        sentences and garble several at once: "Je suis étudiant. Le chat dort." came out as
+        "I'm a cat's sleeping"); a sentence longer than the model's positions is cut at word
+        boundaries into chunks that fit."""
         self.check_length(text)
-        limit = min(SPLIT_TOKENS, self.config.max_positions - 1)
-        if len(self.tokenizer.encode_ids([text])[0]) <= limit:
+        sentences = split_sentences(text)
+        hard = self.config.max_positions - 1
+        if len(sentences) <= 1 and len(self.tokenizer.encode_ids([text])[0]) <= hard:
             return [text]
         out = []
-        hard = self.config.max_positions - 1
-        for sentence in split_sentences(text):
+        for sentence in sentences:
             words, chunk = sentence.split(), []
             for word in words:
                 candidate = chunk + [word]

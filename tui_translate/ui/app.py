@@ -235,7 +235,7 @@ class TranslateApp(App):
         self.translate(text)
 
     def translate(self, text: str, config: DecodeConfig | None = None, prefix: list[int] | None = None, note: str = "") -> list[Exchange]:
-        """Add exchanges for `text` (one per sentence when a long input is split) and start decoding
+        """Add exchanges for `text` (one per sentence) and start decoding
         them in order; queued until the model is loaded."""
         config = config or self.decode_config
         self.last_input = text
