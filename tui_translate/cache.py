@@ -66,6 +66,12 @@ class KVCache:
     def advance(self, steps: int) -> None:
         self.length += steps
 
+    def _select_rows(self, buffer: Tensor, index: Tensor) -> Tensor:
+        """Rows `index` of a (N, H, T_max, d_k) buffer; only the filled positions are copied."""
+        out = buffer.new_empty(index.numel(), *buffer.shape[1:])  # (N_new, H, T_max, d_k)
+        out[:, :, : self.length] = buffer[:, :, : self.length].index_select(0, index)
+        return out
+
     def reorder(self, index: Tensor, *, same_source: bool = False) -> None:
         """Keep rows `index` (N_new,), e.g. the parent beam of every surviving hypothesis.
 
@@ -74,8 +80,8 @@ class KVCache:
         keys/values, identical across those rows, need no copy.
         """
         for c in self.layers:
-            c.self_k = c.self_k.index_select(0, index)
-            c.self_v = c.self_v.index_select(0, index)
+            c.self_k = self._select_rows(c.self_k, index)
+            c.self_v = self._select_rows(c.self_v, index)
             if not same_source:
                 c.cross_k = c.cross_k.index_select(0, index)
                 c.cross_v = c.cross_v.index_select(0, index)
