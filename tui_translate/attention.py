@@ -79,19 +79,18 @@ class MultiHeadAttention(nn.Module):
     def project_query(self, x: Tensor) -> Tensor:
         return self.split_heads(project(self, "q", x, self.q_proj))  # (B, H, T, d_k)
 
-    def project_key_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of x: each (B, H, S, d_k). Cross-attention computes them once per source."""
+    def project_key_value(self, x: Tensor) -> Tensor:
+        """Keys and values of x stacked, (2, B, H, S, d_k). Cross-attention computes them once per source."""
         b, s, _ = x.shape
         kv = project(self, "kv", x, self.k_proj, self.v_proj)  # (B, S, 2D)
-        k, v = kv.view(b, s, 2, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, S, d_k) each
-        return k, v
+        return kv.view(b, s, 2, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)  # (2, B, H, S, d_k)
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Self-attention: queries, keys and values of x in one matrix product, each (B, H, T, d_k)."""
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Self-attention: queries (B, H, T, d_k) and stacked keys/values (2, B, H, T, d_k), one matrix product."""
         b, t, _ = x.shape
         qkv = project(self, "qkv", x, self.q_proj, self.k_proj, self.v_proj)  # (B, T, 3D)
-        q, k, v = qkv.view(b, t, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, d_k) each
-        return q, k, v
+        qkv = qkv.view(b, t, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d_k)
+        return qkv[0], qkv[1:]
 
     def attend(
         self,
@@ -134,8 +133,8 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """query: (B, T, D), key_value: (B, S, D) -> (out (B, T, D), weights (B, H, T, S) | None)."""
         if query is key_value:
-            q, k, v = self.project_qkv(query)
+            q, kv = self.project_qkv(query)
         else:
-            q = self.project_query(query)
-            k, v = self.project_key_value(key_value)
+            q, kv = self.project_query(query), self.project_key_value(key_value)
+        k, v = kv[0], kv[1]
         return self.attend(q, k, v, mask, is_causal=is_causal, need_weights=need_weights)

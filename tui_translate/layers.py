@@ -148,18 +148,18 @@ class DecoderLayer(nn.Module):
         t_new = x.size(1)
         past = cache.length
         h = self.self_attn_res.before(x)
-        q, k_new, v_new = self.self_attn.project_qkv(h)  # (N, H, T_new, d_k) each
-        k, v = cache.append(index, k_new, v_new)  # (N, H, T_past + T_new, d_k)
+        q, kv_new = self.self_attn.project_qkv(h)  # (N, H, T_new, d_k), (2, N, H, T_new, d_k)
+        k, v = cache.append(index, kv_new)  # (N, H, T_past + T_new, d_k) each
         causal = None
         if t_new > 1:
             causal = torch.ones(t_new, past + t_new, dtype=torch.bool, device=x.device).tril(past)
         attn, self_w = self.self_attn.attend(q, k, v, causal, need_weights=need_weights)
         x = self.self_attn_res.after(x, attn)
 
-        layer = cache.layers[index]
         h = self.cross_attn_res.before(x)
         q = self.cross_attn.project_query(h)  # (N, H, T_new, d_k)
-        attn, cross_w = self.cross_attn.attend(q, layer.cross_k, layer.cross_v, cache.cross_mask, need_weights=need_weights)
+        cross_k, cross_v = cache.cross(index)  # (N, H, S, d_k) each
+        attn, cross_w = self.cross_attn.attend(q, cross_k, cross_v, cache.cross_mask, need_weights=need_weights)
         x = self.cross_attn_res.after(x, attn)
         x = self.ffn_res.after(x, self.ffn(self.ffn_res.before(x)))
         return x, self_w, cross_w
