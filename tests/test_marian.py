@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +15,8 @@ spm = pytest.importorskip("sentencepiece")
 from tests.conftest import ENGLISH, FRENCH, make_model, tiny_corpus  # noqa: E402
 from tui_translate.checkpoint import ModelLoadError, load_model_dir, save_model_dir  # noqa: E402
 from tui_translate.config import DecodeConfig  # noqa: E402
-from tui_translate.search import pad_batch  # noqa: E402
 from tui_translate.marian import export_marian, import_marian, load_marian  # noqa: E402
-from tui_translate.search import SearchDone, search  # noqa: E402
+from tui_translate.search import SearchDone, pad_batch, search  # noqa: E402
 from tui_translate.translator import Translator  # noqa: E402
 
 TEXTS = ["je suis étudiant", "le chat dort", "Qu'est-ce que c'est ?", "la maison est grande"]
@@ -188,3 +188,36 @@ def test_export_loads_in_transformers_and_ctranslate2(tokenizer, tmp_path):
 def test_pre_norm_models_refuse_marian_export(model_dir, tmp_path):
     with pytest.raises(ModelLoadError, match="post-norm"):
         export_marian(model_dir, tmp_path / "x")
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "fr-en"
+
+
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped model in this checkout")
+def test_shipped_default_model_translates_identically_in_transformers_and_ctranslate2(tmp_path):
+    """The default model, exported, gives token-for-token the same greedy translations in both peers."""
+    from transformers import MarianMTModel, MarianTokenizer
+
+    t = Translator.load(SHIPPED)
+    if t.config.norm_placement != "post" or t.config.position_layout != "split":
+        pytest.skip("the shipped model is not Marian-compatible")
+    hf_dir = export_marian(SHIPPED, tmp_path / "hf")
+    hf = MarianMTModel.from_pretrained(hf_dir).eval()
+    hf_tok = MarianTokenizer.from_pretrained(hf_dir)
+    to_hf = {i: hf_tok.convert_tokens_to_ids(t.tokenizer.piece(i)) for i in range(t.config.vocab_size)}
+    texts = ["Je suis étudiant.", "Le chat dort sur le canapé.", "Il fait beau aujourd'hui.", "Où est la gare ?",
+             "Nous avons mangé trop de gâteau hier soir.", "Tom ne sait pas nager."]
+    cfg = DecodeConfig(strategy="greedy")
+    ours = _ours_greedy(t, texts, cfg)
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from ctranslate2.converters import TransformersConverter
+
+    TransformersConverter(str(hf_dir)).convert(str(tmp_path / "ct2"), force=True)
+    ct = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu")
+    for text, mine in zip(texts, ours):
+        ids = t.tokenizer.encode(text).ids
+        max_new = cfg.max_length(len(ids), t.config.max_positions)
+        assert _hf_generate(hf, [to_hf[i] for i in ids], cfg, max_new) == [to_hf[i] for i in mine], text
+        res = ct.translate_batch([t.tokenizer.pieces(ids)], beam_size=1, max_decoding_length=max_new, min_decoding_length=0,
+                                 return_end_token=True)
+        assert res[0].hypotheses[0] == t.tokenizer.pieces(mine), text

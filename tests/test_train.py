@@ -184,3 +184,15 @@ def test_eval_command_matches_sacrebleu_on_its_own_output(toy_run, toy_files, tm
     assert obj["bleu"] == pytest.approx(round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2))
     assert obj["chrf"] == pytest.approx(round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2))
     assert obj["sentences"] == len(refs) and obj["sentences_per_second"] > 0
+
+
+def test_marian_compatible_training_keeps_the_start_embedding_zero(toy_files, tmp_path):
+    """The tied output layer would train the pad row; Marian/CTranslate2 start the decoder from zeros."""
+    model = {"d_model": 32, "n_heads": 4, "n_encoder_layers": 1, "n_decoder_layers": 1, "d_ff": 64, "dropout": 0.0,
+             "max_positions": 32, "norm_placement": "post", "position_layout": "split", "decoder_start_id": "pad",
+             "final_logits_bias": True}
+    model_dir = train(toy_config(toy_files, tmp_path / "run", model=model, max_steps=30, eval_every=30, save_every=15))
+    m = load_model_dir(model_dir).model
+    assert m.config.decoder_start_id == m.config.pad_id
+    assert torch.count_nonzero(m.tgt_embed.weight[m.config.pad_id]) == 0
+    assert torch.count_nonzero(m.tgt_embed.weight[m.config.eos_id]) > 0

@@ -71,6 +71,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(step / cfg.warmup_steps, math.sqrt(cfg.warmup_steps / step))
 
 
+def keep_start_embedding_zero(model: Transformer) -> None:
+    """Zero the pad row of the (tied) target embedding: the decoder's start vector is then 0 +
+    position, as in Marian and CTranslate2 (`start_from_zero_embedding`)."""
+    with torch.no_grad():
+        model.tgt_embed.weight[model.config.pad_id].zero_()
+
+
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int, smoothing: float) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Returns (sum of smoothed loss, sum of NLL, number of non-pad tokens)."""
     v = logits.size(-1)
@@ -287,6 +294,11 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     model.train()
     stop = False
     started_at = state["step"]
+    # Marian-compatible models start the decoder from the pad token, whose embedding Marian and
+    # CTranslate2 take to be zero; the tied output layer would otherwise train that row.
+    zero_start = mcfg.decoder_start_id == mcfg.pad_id
+    if zero_start:
+        keep_start_embedding_zero(model)
     window_loss, window_tok, window_t = 0.0, 0, time.perf_counter()
     run_start = time.perf_counter() - state["elapsed"]
     with progress:
@@ -309,6 +321,8 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
                 if cfg.clip_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
                 opt.step()
+                if zero_start:
+                    keep_start_embedding_zero(model)
                 state["step"] += 1
                 state["batch"] += 1
                 batch_tokens = int(src.ne(mcfg.pad_id).sum()) + n_tok
@@ -391,6 +405,8 @@ def export_average(out_dir: Path, model: Transformer, tok: Tokenizer, cfg: Train
     if paths:
         avg = average_checkpoints(paths)
         model.load_state_dict(avg, strict=False)
+    if model.config.decoder_start_id == model.config.pad_id:
+        keep_start_embedding_zero(model)
     meta = {"name": cfg.direction, "source_lang": cfg.source_lang, "target_lang": cfg.target_lang,
             "trained_steps": state["step"], "averaged_checkpoints": [p.name for p in paths],
             "parameters": n_params, "training_seconds": round(state.get("elapsed", 0.0), 1)}
