@@ -21,7 +21,7 @@ def test_bench_measures_every_engine_on_identical_weights(tokenizer, tmp_path, c
     assert code == 0
     report = json.loads(out.read_text())
     assert report["skipped"] == {}  # transformers and ctranslate2 are test dependencies
-    engines = {"ours-fast", "ours-capture", "transformers", "ctranslate2-float32", "ctranslate2-int8"}
+    engines = {"ours-fast", "ours-capture", "ours-int8", "transformers", "ctranslate2-float32", "ctranslate2-int8"}
     cells = {(r["engine"], r["strategy"], r["batch"]) for r in report["rows"]}
     assert cells == {(e, s, b) for e in engines for s in ("greedy", "beam5") for b in (1, 4)}
     for r in report["rows"]:

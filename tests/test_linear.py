@@ -64,3 +64,24 @@ def test_pack_follows_optimizer_steps_reloads_and_dtype_changes():
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, reference(block, x.double())[:, :8])
     assert set(block.state_dict()) == {"a.weight", "a.bias", "b.weight", "b.bias", "c.weight"}
+
+
+def test_int8_mode_is_close_to_fp32_and_switches_back_exactly(model, tokenizer):
+    from tui_translate.linear import set_int8
+    from tui_translate.search import pad_batch
+
+    src = pad_batch(tokenizer.encode_ids(["je suis étudiant", "le chat dort"]), tokenizer.pad_id)
+    tgt = torch.full((2, 4), model.config.decoder_start_id)
+    with torch.inference_mode():
+        fp32 = model.decode(tgt, model.encode(src)).logits
+        set_int8(model, True)
+        try:
+            int8 = model.decode(tgt, model.encode(src)).logits
+            one_row = model.decode(tgt[:1, :1], model.encode(src[:1])).logits  # single-row path too
+        finally:
+            set_int8(model, False)
+        again = model.decode(tgt, model.encode(src)).logits
+    assert not torch.equal(int8, fp32)  # really quantized
+    assert (int8 - fp32).abs().max() < 0.05 * fp32.abs().max()
+    assert (one_row - fp32[:1, :1]).abs().max() < 0.05 * fp32.abs().max()
+    torch.testing.assert_close(again, fp32, atol=0, rtol=0)

@@ -1,8 +1,9 @@
 """`tui-translate bench`: decoding speed (and one training step) measured in one run, interleaved.
 
 Engines on identical weights: this project's fast path (no attention kept), its capture path
-(all attention kept), and, when installed, Hugging Face `transformers` generate() and
-CTranslate2 on the model exported to Marian format (skipped, with the reason, otherwise).
+(all attention kept), its int8 mode (weights quantized per output channel), and, when installed,
+Hugging Face `transformers` generate() and CTranslate2 (float32 and int8) on the model exported to
+Marian format (skipped, with the reason, otherwise).
 Strategies greedy and beam 5; batch sizes 1 and 32. Batch 1 reports median and p90 ms per
 sentence and the time to the first streamed token; batch 32 reports ms per sentence.
 """
@@ -22,6 +23,7 @@ from rich.table import Table
 
 from .atomic import write_text
 from .config import DecodeConfig
+from .linear import set_int8
 from .search import SearchStep, pad_batch, search
 from .translator import Translator
 
@@ -64,17 +66,21 @@ class Engine:
     run: Callable[[object, DecodeConfig], tuple[int, float | None]]
 
 
-def _ours(translator: Translator, attention: bool) -> Engine:
+def _ours(translator: Translator, attention: bool, int8: bool = False) -> Engine:
     model, tok = translator.model, translator.tokenizer
 
     def run(src: torch.Tensor, config: DecodeConfig) -> tuple[int, float | None]:
-        start = time.perf_counter()
-        first = None
-        final = None
-        for event in search(model, src, config, need_weights=attention):
-            if first is None and isinstance(event, SearchStep):
-                first = time.perf_counter() - start
-            final = event
+        set_int8(model, int8)
+        try:
+            start = time.perf_counter()
+            first = None
+            final = None
+            for event in search(model, src, config, need_weights=attention):
+                if first is None and isinstance(event, SearchStep):
+                    first = time.perf_counter() - start
+                final = event
+        finally:
+            set_int8(model, translator.int8)
         return sum(len(h[0].tokens) for h in final.hypotheses), first
 
     return Engine(lambda texts: pad_batch(tok.encode_ids(texts), model.config.pad_id), run)
@@ -281,7 +287,8 @@ def profile_decoding(translator: Translator, texts: list[str], console: Console)
 
 def run_bench(translator: Translator, texts: list[str], console: Console, batch_sizes=(1, 32), json_path: str | None = None,
               peers: bool = True, app_check: bool = True, profile: bool = True) -> dict:
-    engines: dict[str, Engine] = {"ours-fast": _ours(translator, False), "ours-capture": _ours(translator, True)}
+    engines: dict[str, Engine] = {"ours-fast": _ours(translator, False), "ours-capture": _ours(translator, True),
+                                  "ours-int8": _ours(translator, False, int8=True)}
     skipped: dict[str, str] = {}
     if peers:
         more, skipped = _peer_engines(translator, console)

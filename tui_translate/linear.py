@@ -1,4 +1,4 @@
-"""Linear layers for decoding speed: fused projections and a transposed inference layout.
+"""Linear layers for decoding speed: fused projections, packed inference layouts, optional int8.
 
 Incremental decoding multiplies one row (or a handful of beam rows) by every weight
 matrix of the decoder at each step. For such skinny products the layout matters a lot
@@ -23,11 +23,22 @@ unaffected.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 _PACKS = "_inference_packs"
+_INT8 = "_int8_inference"
+
+
+def set_int8(model: nn.Module, enabled: bool) -> None:
+    """Decode with int8 weights (dynamic quantization: weights int8 per output channel, activations
+    quantized on the fly, fbgemm kernels), like CTranslate2's int8 mode. Training, autograd and the
+    fp32 path are untouched; switching back is instant (both packs are kept)."""
+    for module in model.modules():
+        module.__dict__[_INT8] = enabled
 
 
 _ONEDNN_BATCH_HINT = 64  # rows the oneDNN weight layout is tuned for; any row count works
@@ -48,6 +59,18 @@ class _Pack:
         self.weight = weight  # (D_in, ΣD_out) contiguous
         self.bias = bias  # (ΣD_out,) | None
         self.onednn: Tensor | None = None  # the weight reordered for oneDNN, built on first multi-row use
+        self.int8 = None  # fbgemm-packed int8 weight (per-output-channel scales), built on first int8 use
+
+    def multiply_int8(self, flat: Tensor) -> Tensor:
+        """flat: (rows, D_in) float -> (rows, ΣD_out), int8 weights, activations quantized per call."""
+        if self.int8 is None:
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # quantized tensor constructors are marked deprecated
+                w = self.weight.t().contiguous()  # (ΣD_out, D_in)
+                scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+                qw = torch.quantize_per_channel(w, scales, torch.zeros(w.size(0), dtype=torch.long), 0, torch.qint8)
+                self.int8 = torch.ops.quantized.linear_prepack(qw, self.bias)
+        return torch.ops.quantized.linear_dynamic(flat.contiguous(), self.int8, True)
 
     def valid_for(self, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None) -> bool:
         """Same layers holding the same parameter objects, none updated in place (version) or moved (storage)."""
@@ -110,5 +133,6 @@ def project(owner: nn.Module, name: str, x: Tensor, *linears: nn.Linear, extra_b
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return out if extra_bias is None else out + extra_bias
     pack = _packed(owner, name, linears, extra_bias)
-    out = pack.multiply(x.reshape(-1, x.size(-1)))  # (rows, ΣD_out)
+    flat = x.reshape(-1, x.size(-1))  # (rows, D_in)
+    out = pack.multiply_int8(flat) if owner.__dict__.get(_INT8) and x.dtype == torch.float32 else pack.multiply(flat)
     return out.view(*x.shape[:-1], pack.weight.size(1))

@@ -42,7 +42,7 @@ def run_translate(args: argparse.Namespace) -> int:
 
     err = Console(stderr=True)
     config = decode_config_from_args(args)
-    translator = load_translator(args.model, args.threads)
+    translator = load_translator(args.model, args.threads, args.int8)
     if args.layer is not None and not 0 <= args.layer < translator.config.n_decoder_layers:
         raise ValueError(f"--layer must be in 0..{translator.config.n_decoder_layers - 1}")
     if args.head is not None and not 0 <= args.head < translator.config.n_heads:

@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint import LoadedModel, load_model_dir
 from .config import DecodeConfig, ModelConfig
+from .linear import set_int8
 from .results import Alternative, AttentionMaps, Cancelled, Hypothesis, InputTooLong, PartialTranslation, Translation
 from .sentences import split_sentences
 from .search import Hypothesis as RawHypothesis
@@ -27,16 +28,19 @@ MAX_INPUT_CHARS = 20_000  # hard cap: longer input is refused with a message
 
 
 class Translator:
-    def __init__(self, loaded: LoadedModel, threads: int = 0) -> None:
+    def __init__(self, loaded: LoadedModel, threads: int = 0, int8: bool = False) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.loaded = loaded
         self.model = loaded.model.eval()
         self.tokenizer = loaded.tokenizer
+        self.int8 = int8
+        set_int8(self.model, int8)
 
     @classmethod
-    def load(cls, path: str | Path, threads: int = 0) -> "Translator":
-        return cls(load_model_dir(path), threads)
+    def load(cls, path: str | Path, threads: int = 0, int8: bool = False) -> "Translator":
+        """int8: decode with int8 weights (faster, about half a BLEU point lower on the valid set)."""
+        return cls(load_model_dir(path), threads, int8)
 
     # -- description --------------------------------------------------------------------------
     @property
@@ -205,7 +209,7 @@ class Translator:
                           h.logprob, h.score, h.finished, prefix_length, attention)
 
 
-def load_translator(path: str | Path | None = None, threads: int = 0) -> Translator:
+def load_translator(path: str | Path | None = None, threads: int = 0, int8: bool = False) -> Translator:
     from .paths import default_model_dir
 
-    return Translator.load(path or default_model_dir(), threads)
+    return Translator.load(path or default_model_dir(), threads, int8)
