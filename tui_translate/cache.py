@@ -1,6 +1,6 @@
 """Key/value cache for incremental decoding.
 
-Per decoder layer the cache keeps
+For every decoder layer the cache keeps (all layers in one tensor per kind)
 * self-attention keys/values, which grow by one position per step; they live in
   buffers preallocated to the maximum length, so a step writes in place instead
   of concatenating (no per-step work that grows with the sequence);

@@ -10,6 +10,10 @@ a back-pointer (parent row) per step, as in fairseq: a finished hypothesis is
 traced back through its ancestry, so the attention it carries is exactly the
 attention computed while generating *its* tokens (no second forced pass).
 
+A sentence that is done leaves the batch at once (its rows are dropped from the cache and from
+every per-row tensor), so a batch costs as many steps as its longest sentence and each step only
+computes the rows still decoding.
+
 `search()` is a generator: it yields a `SearchStep` after every decoding step
 (the best partial hypothesis of each sentence, so a UI can show it growing) and
 finally one `SearchDone`. Stop iterating to cancel.
