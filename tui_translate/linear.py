@@ -49,7 +49,6 @@ class _Pack:
     """A packed copy of some layers' parameters, valid while none of them has changed."""
 
     def __init__(self, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None, weight: Tensor, bias: Tensor | None) -> None:
-        self.linears = linears
         self.extra_bias = extra_bias
         self.params = [(lin._parameters["weight"], lin._parameters["bias"]) for lin in linears]
         tensors = [t for pair in self.params for t in pair if t is not None]
@@ -74,7 +73,7 @@ class _Pack:
 
     def valid_for(self, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None) -> bool:
         """Same layers holding the same parameter objects, none updated in place (version) or moved (storage)."""
-        if extra_bias is not self.extra_bias or len(linears) != len(self.linears):
+        if extra_bias is not self.extra_bias or len(linears) != len(self.params):
             return False
         for lin, (w, b) in zip(linears, self.params):
             params = lin._parameters
@@ -108,18 +107,16 @@ def _packed(owner: nn.Module, name: str, linears: tuple[nn.Linear, ...], extra_b
         # Normal (not inference-mode) tensors, so the pack is usable inside and outside inference_mode.
         with torch.inference_mode(False), torch.no_grad():
             weight = torch.cat([lin.weight for lin in linears]).t().contiguous()  # (D_in, ΣD_out)
-            bias = _bias(linears, extra_bias)
-            bias = None if bias is None else bias.clone()
+            bias = _bias(linears, extra_bias)  # a new tensor (cat), never a view of a parameter
         pack = packs[name] = _Pack(linears, extra_bias, weight, bias)
     return pack
 
 
 def _bias(linears: tuple[nn.Linear, ...], extra_bias: Tensor | None) -> Tensor | None:
     """The layers' biases concatenated (ΣD_out,), plus `extra_bias` (broadcastable to it) if given."""
-    biases = [lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in linears]
     if extra_bias is None and all(lin.bias is None for lin in linears):
         return None
-    bias = biases[0] if len(biases) == 1 else torch.cat(biases)
+    bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in linears])
     return bias if extra_bias is None else (bias + extra_bias).reshape(-1)
 
 

@@ -106,8 +106,9 @@ def search_in_batches(
     Yields (indices into `sources`, their SearchDone in that order, seconds the batch took) per batch.
     """
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    for start in range(0, len(order), max(1, batch_size)):
-        idx = order[start : start + max(1, batch_size)]
+    size = max(1, batch_size)
+    for start in range(0, len(order), size):
+        idx = order[start : start + size]
         began = time.perf_counter()
         final = None
         for final in search(model, pad_batch([sources[i] for i in idx], model.config.pad_id), config, need_weights=need_weights):

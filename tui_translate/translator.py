@@ -39,7 +39,8 @@ class Translator:
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 0, int8: bool = False) -> "Translator":
-        """int8: decode with int8 weights (faster, about half a BLEU point lower on the valid set)."""
+        """int8: decode with int8 weights (faster in batches; the default fr-en model scored the same
+        BLEU on the valid set to within 0.1)."""
         return cls(load_model_dir(path), threads, int8)
 
     # -- description --------------------------------------------------------------------------
