@@ -84,4 +84,10 @@ def test_int8_mode_is_close_to_fp32_and_switches_back_exactly(model, tokenizer):
     assert not torch.equal(int8, fp32)  # really quantized
     assert (int8 - fp32).abs().max() < 0.05 * fp32.abs().max()
     assert (one_row - fp32[:1, :1]).abs().max() < 0.05 * fp32.abs().max()
+    from tui_translate.linear import _W8_ROW
+
+    if _W8_ROW:  # the one-row product ran the weight-only int8 kernel for hidden layers, never for the logits
+        packs = [(name, p) for m in model.modules() for name, p in m.__dict__.get("_inference_packs", {}).items()]
+        assert any(p.w8 is not None for name, p in packs if name != "logits")
+        assert all(p.w8 is None for name, p in packs if name == "logits")
     torch.testing.assert_close(again, fp32, atol=0, rtol=0)

@@ -7,7 +7,7 @@ import torch
 
 from tui_translate.config import ConfigError, DecodeConfig
 from tui_translate.search import pad_batch
-from tui_translate.search import SearchDone, SearchStep, length_penalty, search
+from tui_translate.search import SearchDone, SearchStep, _banned_ids, length_penalty, search
 
 SOURCES = ["je suis étudiant", "le chat dort", "Qu'est-ce que c'est ?", "il est petit et la maison est grande"]
 
@@ -71,7 +71,9 @@ def test_captured_attention_equals_teacher_forced_pass(model, tokenizer, cfg):
         expected = [float(logp[i, t]) for i, t in enumerate(hyp.tokens)]
         assert hyp.token_logprobs == pytest.approx(expected, abs=1e-4)
         assert hyp.logprob == pytest.approx(sum(expected), abs=1e-4)
-        top = torch.topk(logp, hyp.alt_ids.size(1), -1)
+        emittable = logp.clone()
+        emittable[:, _banned_ids(model)] = float("-inf")
+        top = torch.topk(emittable, hyp.alt_ids.size(1), -1)  # alternatives: ids the search could have emitted
         assert torch.equal(hyp.alt_ids, top.indices)
 
 

@@ -111,6 +111,7 @@ def _peer_engines(translator: Translator, console: Console) -> tuple[dict, dict]
     from transformers import MarianMTModel, MarianTokenizer
 
     hf_model = MarianMTModel.from_pretrained(hf_dir).eval()
+    hf_model.generation_config.max_length = None  # max_new_tokens is given per call (else a warning every call)
     hf_tok = MarianTokenizer.from_pretrained(hf_dir)
 
     def hf(enc, config: DecodeConfig) -> tuple[int, None]:
@@ -286,7 +287,10 @@ def profile_decoding(translator: Translator, texts: list[str], console: Console)
 
 
 def run_bench(translator: Translator, texts: list[str], console: Console, batch_sizes=(1, 32), json_path: str | None = None,
-              peers: bool = True, app_check: bool = True, profile: bool = True) -> dict:
+              peers: bool = True, app_check: bool = True, profile: bool = True, block: int = 10) -> dict:
+    """block: sentences one engine decodes in a row before the next engine takes over (at least one batch).
+    Engines then run with their weights in cache, as when translating a document; block=1 interleaves
+    every sentence, so each engine starts from caches the previous engine filled."""
     engines: dict[str, Engine] = {"ours-fast": _ours(translator, False), "ours-capture": _ours(translator, True),
                                   "ours-int8": _ours(translator, False, int8=True)}
     skipped: dict[str, str] = {}
@@ -303,17 +307,24 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
     for strategy, cfg in STRATEGIES.items():
         for bs in batch_sizes:
             chunks = [texts[i : i + bs] for i in range(0, len(texts), bs)]
-            for chunk in chunks:  # interleaved: every engine runs the same chunk before the next chunk
-                for name, engine in engines.items():
+            names = list(engines)
+            per_block = max(1, block // bs)  # chunks an engine decodes in a row
+            blocks = [chunks[i : i + per_block] for i in range(0, len(chunks), per_block)]
+            for i, chunk_block in enumerate(blocks):  # interleaved: every engine decodes the same block before the next block
+                # The engine order rotates from block to block, so that no engine always runs right after the same
+                # other one (whose still-spinning thread pool and cache contents weigh on whoever runs next).
+                for name in names[i % len(names):] + names[: i % len(names)]:
+                    engine = engines[name]
                     m = measures.setdefault((name, strategy, bs), Measure(name, strategy, bs))
-                    inputs = engine.prepare(chunk)
-                    start = time.perf_counter()
-                    n_tok, first = engine.run(inputs, cfg)
-                    m.seconds.append(time.perf_counter() - start)
-                    m.sizes.append(len(chunk))
-                    m.target_tokens += n_tok
-                    if first is not None and bs == 1:
-                        m.first_token.append(first)
+                    for chunk in chunk_block:
+                        inputs = engine.prepare(chunk)
+                        start = time.perf_counter()
+                        n_tok, first = engine.run(inputs, cfg)
+                        m.seconds.append(time.perf_counter() - start)
+                        m.sizes.append(len(chunk))
+                        m.target_tokens += n_tok
+                        if first is not None and bs == 1:
+                            m.first_token.append(first)
     rows = [m.row() for m in measures.values()]
     for r in rows:
         base = measures[("ours-fast", r["strategy"], r["batch"])].row()["median_ms_per_sentence"]
@@ -321,10 +332,11 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
     profiled = profile_decoding(translator, texts[:50], console) if profile else None
     train = training_throughput(translator)
     app = app_latency(translator.path, " ".join(texts[:60])) if app_check else None  # 60 sentences decoded in a row
-    report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts),
+    report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts), "block": block,
               "torch": torch.__version__, "rows": rows, "skipped": skipped, "training_tokens_per_s": train, "app": app,
               "profile": profiled}
-    table = Table(title=f"tui-translate bench · {translator.name} · {len(texts)} sentences · {torch.get_num_threads()} threads")
+    table = Table(title=f"tui-translate bench · {translator.name} · {len(texts)} sentences · {torch.get_num_threads()} threads"
+                        f" · blocks of {block}")
     table.add_column("engine", no_wrap=True, min_width=19)
     table.add_column("strategy", no_wrap=True)
     for col in ("batch", "ms/sent median", "ms/sent p90", "target tok/s", "first token ms", "× ours-fast"):

@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sentences", type=int, default=200, metavar="N", help="sentences to decode (default: 200)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="torch CPU threads (default: 2)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="batch sizes (default: 1 32)")
+    p.add_argument("--block", type=int, default=10, metavar="N",
+                   help="sentences each engine decodes in a row before the next takes over (default: 10; 1 = every sentence)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers as JSON to FILE")
     p.add_argument("--no-peers", action="store_true", help="measure only this project's engine")
     p.add_argument("--no-app", action="store_true", help="skip the app latency measurement")
@@ -240,7 +242,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     translator = load_translator(args.model)
     direction = f"{translator.source_lang}-{translator.target_lang}"
     pairs = read_pairs(args.tsv, direction if direction in ("fr-en", "en-fr") else "fr-en", args.sentences)
-    run_bench(translator, [s for s, _ in pairs], Console(), tuple(args.batch_sizes), args.json, peers=not args.no_peers,
+    run_bench(translator, [s for s, _ in pairs], Console(), tuple(args.batch_sizes), args.json, peers=not args.no_peers, block=args.block,
               app_check=not args.no_app, profile=not args.no_profile)
     return 0
 

@@ -94,7 +94,7 @@ class Transformer(nn.Module):
 
     def logits(self, h: Tensor) -> Tensor:
         """Final linear layer: (…, D) -> (…, V). Softmax is applied by the caller (loss or search)."""
-        return project(self, "logits", h, self.output_proj, extra_bias=self.logits_bias)  # (…, V)
+        return project(self, "logits", h, self.output_proj, extra_bias=self.logits_bias, output_layer=True)  # (…, V)
 
     # -- encoder ------------------------------------------------------------------------------
     def encode(self, src: Tensor, need_weights: bool = False) -> EncoderOutput:

@@ -39,7 +39,7 @@ class Hypothesis:
 
     tokens: list[int]  # target ids, forced prefix included, EOS last when finished
     token_logprobs: list[float]  # log p(token | prefix, source) under the model (temperature 1)
-    alt_ids: Tensor  # (T, k) the k most probable ids at each position
+    alt_ids: Tensor  # (T, k) the k most probable ids at each position (among ids the search can emit)
     alt_logprobs: Tensor  # (T, k)
     logprob: float  # sum of token_logprobs
     score: float  # logprob / GNMT length penalty (beam) or logprob
@@ -192,15 +192,22 @@ def search(
     finished: list[list[_Final]] = [[] for _ in range(b)]
     done = [False] * b
 
-    def record(out, t_index: int, logp: Tensor) -> None:
-        alt_lp, alt_ids = torch.topk(logp, min(n_alt, logp.size(-1)), dim=-1)  # (N, k)
-        hist.alt_ids.append(alt_ids)
-        hist.alt_lp.append(alt_lp)
+    # One top-k per row and step serves both the alternatives shown to the user and the search: beam
+    # search's best 2K continuations of a sentence are among its rows' own best 2K (a candidate beaten by
+    # 2K others of its own row is beaten by them overall), so it ranks K * 2K candidates instead of K * V.
+    n_top = min(max(n_alt, 2 * k_beam if k_beam > 1 else 1), mc.vocab_size)
+
+    def record(out, t_index: int, logp: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep position t_index's alternatives (and attention); return the rows' best (log-probs, ids), (N, n_top) each."""
+        top_lp, top_ids = torch.topk(logp + banned_bias, n_top, dim=-1)  # (N, n_top)
+        hist.alt_ids.append(top_ids[:, :n_alt])
+        hist.alt_lp.append(top_lp[:, :n_alt])
         if need_weights:
             t_new = out.logits.size(1)
             hist.cross.append(out.cross_attention[:, :, :, t_index])  # (N, L, H, S)
             keys = cache.length - (t_new - 1 - t_index)
             hist.self_.append(out.self_attention[:, :, :, t_index, :keys])  # (N, L, H, p+1)
+        return top_lp, top_ids
 
     def select(parent: Tensor, token: Tensor, chosen_lp: Tensor) -> None:
         hist.parent.append(parent)
@@ -219,7 +226,7 @@ def search(
         seq = torch.cat([seq, tok_t[:, None]], 1)
     raw_logits = out.logits[:, -1].float()  # (N, V)
     logp = logp_all[:, -1]  # (N, V)
-    record(out, len(prefix), logp)
+    row_lp, row_ids = record(out, len(prefix), logp)
 
     alive = list(range(b))  # sentences still decoding; row r belongs to alive[r // K]
     last_partial: list[list[int]] = [[] for _ in range(b)]  # final partial of sentences already done
@@ -229,35 +236,35 @@ def search(
         n = nb * k_beam
         position = len(prefix) + step  # index of the target token chosen now
         new_len = position + 1  # hypothesis length if it ends here
-        logp_masked = logp + banned_bias  # (N, V)
         at_limit = [step + 1 >= max_new[si] for si in alive]
 
         if config.strategy == "beam":
-            v = logp.size(-1)
-            cand = (beam_scores[:, None] + logp_masked).view(nb, k_beam * v)  # (B_alive, K*V)
+            w = min(2 * k_beam, n_top)  # candidates per row
+            cand_lp = row_lp[:, :w].reshape(nb, k_beam * w)  # (B_alive, K*w) log p of each row's best tokens
+            cand = (beam_scores[:, None] + row_lp[:, :w]).view(nb, k_beam * w)  # (B_alive, K*w) hypothesis scores
             top_scores, top_idx = torch.topk(cand, 2 * k_beam, dim=-1)  # (B_alive, 2K)
-            top_beam = top_idx // v  # (B_alive, 2K)
-            top_tok = top_idx % v
+            top_beam = top_idx // w  # (B_alive, 2K)
+            top_tok = row_ids[:, :w].reshape(nb, k_beam * w).gather(1, top_idx)
+            top_lp = cand_lp.gather(1, top_idx)
             is_eos = top_tok.eq(mc.eos_id)
             # finished hypotheses: EOS among the first K candidates
             for bi, ri in (is_eos[:, :k_beam] & torch.isfinite(top_scores[:, :k_beam])).nonzero().tolist():
                 row = bi * k_beam + int(top_beam[bi, ri])
                 s = float(top_scores[bi, ri]) / length_penalty(new_len, config.length_penalty)
-                finished[alive[bi]].append(_Final(s, position, row, mc.eos_id, float(logp[row, mc.eos_id]), True))
+                finished[alive[bi]].append(_Final(s, position, row, mc.eos_id, float(top_lp[bi, ri]), True))
             # next live beams: the best K non-EOS candidates, in score order
             live_scores, live_rank = torch.topk(top_scores.masked_fill(is_eos, float("-inf")), k_beam, dim=-1)  # (B_alive, K)
             parent = (torch.arange(nb, device=device)[:, None] * k_beam + top_beam.gather(1, live_rank)).view(n)  # (N,)
             token = top_tok.gather(1, live_rank).view(n)  # (N,)
             new_scores = live_scores.view(n)
-            chosen = logp[parent, token]  # (N,)
+            chosen = top_lp.gather(1, live_rank).view(n)  # (N,)
             for bi, si in enumerate(alive):
                 if at_limit[bi]:  # length cap: the live beams end here, unfinished
                     for kk in range(k_beam):
                         r = bi * k_beam + kk
                         if torch.isfinite(new_scores[r]):
                             sc = float(new_scores[r]) / length_penalty(new_len, config.length_penalty)
-                            pr, tk = int(parent[r]), int(token[r])
-                            finished[si].append(_Final(sc, position, pr, tk, float(logp[pr, tk]), False))
+                            finished[si].append(_Final(sc, position, int(parent[r]), int(token[r]), float(chosen[r]), False))
                     done[si] = True
                     continue
                 finished[si].sort(key=lambda f: -f.score)
@@ -273,7 +280,7 @@ def search(
                         done[si] = bound <= finished[si][-1].score
         else:
             if config.strategy == "greedy":
-                token = logp_masked.argmax(-1)  # (N,)
+                token, chosen = row_ids[:, 0], row_lp[:, 0]  # (N,) the most probable id that may be emitted
             else:
                 filt = _filter_logits(raw_logits / config.temperature, config.top_k, config.top_p)
                 filt = filt + banned_bias
@@ -281,8 +288,8 @@ def search(
                 token = torch.stack(
                     [torch.multinomial(probs[r], 1, generator=generators[si]).squeeze(0) for r, si in enumerate(alive)]
                 ).to(device)
+                chosen = logp.gather(1, token[:, None]).squeeze(1)  # (N,)
             parent = torch.arange(n, device=device)
-            chosen = logp.gather(1, token[:, None]).squeeze(1)  # (N,)
             new_scores = beam_scores + chosen
             ended = token.eq(mc.eos_id).tolist()
             for r, si in enumerate(alive):
@@ -318,7 +325,7 @@ def search(
         out = model.decode_step(token[:, None], cache, need_weights)
         raw_logits = out.logits[:, -1].float()
         logp = F.log_softmax(raw_logits, dim=-1)  # (N, V)
-        record(out, 0, logp)
+        row_lp, row_ids = record(out, 0, logp)
 
     hyps = [
         [_trace(hist, f, need_weights, int(src_len[si])) for f in sorted(finished[si], key=lambda f: -f.score)[: config.top_beams]]
