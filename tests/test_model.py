@@ -33,6 +33,36 @@ def test_cached_decoding_equals_full_forward(tokenizer, norm, layout):
     torch.testing.assert_close(torch.cat([block, *rest], 1), full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_fused_single_token_step_equals_modular_step(tokenizer, norm, int8, rows):
+    """The fused inference step (weights bound once per run) computes exactly what the layers compute,
+    with padded sources, through a beam-style reorder, in float32 and int8 (one-row and batched kernels)."""
+    from tui_translate.linear import set_int8
+
+    model = make_model(tokenizer, norm_placement=norm, final_logits_bias=True, activation="gelu")
+    set_int8(model, int8)
+    src, tgt = _batch(model)
+    src, tgt = src[:rows], tgt[:rows]
+    with torch.inference_mode():
+        fused = model.start_cache(model.encode(src), capacity=tgt.size(1))
+        modular = model.start_cache(model.encode(src), capacity=tgt.size(1))
+        assert fused.fast_step is not None
+        modular.fast_step = None  # every step through the modules
+        for i in range(tgt.size(1)):
+            if i == 3:  # beams swap places (rows = 2) or stay (rows = 1)
+                order = torch.arange(rows).flip(0)
+                fused.reorder(order, same_source=rows == 1)
+                modular.reorder(order, same_source=rows == 1)
+            a = model.decode_step(tgt[:, i : i + 1], fused).logits
+            b = model.decode_step(tgt[:, i : i + 1], modular).logits
+            assert torch.equal(a, b), (i, (a - b).abs().max())
+        assert torch.equal(fused.self_kv[..., : fused.length, :], modular.self_kv[..., : modular.length, :])
+    with torch.enable_grad():  # training never takes the fused step
+        assert model.start_cache(model.encode(src), capacity=4).fast_step is None
+
+
 def test_capture_path_equals_fast_path(model):
     src, tgt = _batch(model)
     with torch.no_grad():

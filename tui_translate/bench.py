@@ -3,7 +3,8 @@
 Engines on identical weights: this project's fast path (no attention kept), its capture path
 (all attention kept), its int8 mode (weights quantized per output channel), and, when installed,
 Hugging Face `transformers` generate() and CTranslate2 (float32 and int8) on the model exported to
-Marian format (skipped, with the reason, otherwise).
+Marian format (skipped, with the reason, otherwise). Each library runs in a worker process of its
+own; the parent hands every engine the same blocks of sentences in turn and collects the timings.
 Strategies greedy and beam 5; batch sizes 1 and 32. Batch 1 reports median and p90 ms per
 sentence and the time to the first streamed token; batch 32 reports ms per sentence.
 """
@@ -86,65 +87,154 @@ def _ours(translator: Translator, attention: bool, int8: bool = False) -> Engine
     return Engine(lambda texts: pad_batch(tok.encode_ids(texts), model.config.pad_id), run)
 
 
-def _peer_engines(translator: Translator, console: Console) -> tuple[dict, dict]:
-    """transformers / CTranslate2 engines when they and an exported copy are available; else reasons."""
-    engines, skipped = {}, {}
+def _export_peers(translator: Translator, console: Console) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Export the model for transformers and CTranslate2 when they are installed.
+
+    Returns (engine name -> worker group and the spec its worker builds the engine from, skipped engine -> reason)."""
+    specs: dict[str, tuple] = {}
     try:
         from .marian import export_marian
     except ImportError as e:
-        return engines, {"transformers": f"Marian export unavailable ({e})", "ctranslate2": f"Marian export unavailable ({e})"}
+        return specs, {"transformers": f"Marian export unavailable ({e})", "ctranslate2": f"Marian export unavailable ({e})"}
     try:
         import transformers  # noqa: F401
     except ImportError:
-        skipped["transformers"] = "not installed (pip install 'tui-translate[bench]')"
-        skipped["ctranslate2"] = "needs transformers for the conversion (pip install 'tui-translate[bench]')"
-        return engines, skipped
+        return specs, {"transformers": "not installed (pip install 'tui-translate[bench]')",
+                       "ctranslate2": "needs transformers for the conversion (pip install 'tui-translate[bench]')"}
     import tempfile
 
     c = translator.config
     if c.norm_placement != "post" or c.position_layout != "split":
         why = (f"this model ({c.norm_placement}-norm, {c.position_layout} positions) has no exact Marian equivalent; "
                "train with --marian-compatible to compare on identical weights")
-        return engines, {"transformers": why, "ctranslate2": why}
+        return specs, {"transformers": why, "ctranslate2": why}
     tmp = Path(tempfile.mkdtemp(prefix="tui-translate-bench-"))
     hf_dir = export_marian(translator.path, tmp / "hf")
-    from transformers import MarianMTModel, MarianTokenizer
-
-    hf_model = MarianMTModel.from_pretrained(hf_dir).eval()
-    hf_model.generation_config.max_length = None  # max_new_tokens is given per call (else a warning every call)
-    hf_tok = MarianTokenizer.from_pretrained(hf_dir)
-
-    def hf(enc, config: DecodeConfig) -> tuple[int, None]:
-        beam = config.strategy == "beam"
-        kw = dict(num_beams=config.beam_size if beam else 1, do_sample=False,
-                  max_new_tokens=int(enc["input_ids"].shape[1] * 1.5 + 10))
-        if beam:
-            kw.update(early_stopping=True, length_penalty=config.length_penalty)
-        with torch.inference_mode():
-            out = hf_model.generate(**enc, **kw)
-        return int(out.ne(hf_model.config.pad_token_id).sum()), None
-
-    engines["transformers"] = Engine(lambda texts: hf_tok(texts, return_tensors="pt", padding=True), hf)
+    specs["transformers"] = ("transformers", ("transformers", str(hf_dir)))
     try:
-        import ctranslate2
         from ctranslate2.converters import TransformersConverter
     except ImportError:
-        skipped["ctranslate2"] = "not installed (pip install 'tui-translate[bench]')"
-        return engines, skipped
+        return specs, {"ctranslate2": "not installed (pip install 'tui-translate[bench]')"}
     for quant in ("float32", "int8"):
         out_dir = tmp / f"ct2-{quant}"
         TransformersConverter(str(hf_dir)).convert(str(out_dir), quantization=quant, force=True)
-        ct = ctranslate2.Translator(str(out_dir), device="cpu", intra_threads=torch.get_num_threads(), inter_threads=1)
+        specs[f"ctranslate2-{quant}"] = ("ctranslate2", ("ctranslate2", str(out_dir), str(hf_dir)))
+    return specs, {}
 
-        def run(toks: list[list[str]], config: DecodeConfig, ct=ct) -> tuple[int, None]:
+
+_LOADED: dict[str, Translator] = {}  # per worker process
+
+
+def _build_engine(spec: tuple) -> Engine:
+    """An engine from its spec, inside the worker process that times it."""
+    kind = spec[0]
+    if kind == "ours":
+        _, path, attention, int8 = spec
+        from .translator import load_translator
+
+        if path not in _LOADED:  # fast, capture and int8 share one model, as they do in the app
+            _LOADED[path] = load_translator(path)
+        return _ours(_LOADED[path], attention, int8)
+    if kind == "transformers":
+        import transformers
+        from transformers import MarianMTModel, MarianTokenizer
+
+        transformers.logging.set_verbosity_error()
+        hf_model = MarianMTModel.from_pretrained(spec[1]).eval()
+        hf_model.generation_config.max_length = None  # max_new_tokens is given per call
+        hf_tok = MarianTokenizer.from_pretrained(spec[1])
+
+        def hf(enc, config: DecodeConfig) -> tuple[int, None]:
+            beam = config.strategy == "beam"
+            kw = dict(num_beams=config.beam_size if beam else 1, do_sample=False,
+                      max_new_tokens=int(enc["input_ids"].shape[1] * 1.5 + 10))
+            if beam:
+                kw.update(early_stopping=True, length_penalty=config.length_penalty)
+            with torch.inference_mode():
+                out = hf_model.generate(**enc, **kw)
+            return int(out.ne(hf_model.config.pad_token_id).sum()), None
+
+        return Engine(lambda texts: hf_tok(texts, return_tensors="pt", padding=True), hf)
+    if kind == "ctranslate2":
+        import ctranslate2
+        from transformers import MarianTokenizer
+
+        ct = ctranslate2.Translator(spec[1], device="cpu", intra_threads=torch.get_num_threads(), inter_threads=1)
+        hf_tok = MarianTokenizer.from_pretrained(spec[2])
+
+        def run(toks: list[list[str]], config: DecodeConfig) -> tuple[int, None]:
             res = ct.translate_batch(toks, beam_size=config.beam_size if config.strategy == "beam" else 1,
                                      length_penalty=config.length_penalty, max_batch_size=len(toks),
                                      min_decoding_length=0, max_decoding_length=max(len(x) for x in toks) * 3 // 2 + 10)
             return sum(len(r.hypotheses[0]) + 1 for r in res), None
 
-        engines[f"ctranslate2-{quant}"] = Engine(
-            lambda texts: [hf_tok.convert_ids_to_tokens(hf_tok(t)["input_ids"]) for t in texts], run)
-    return engines, skipped
+        return Engine(lambda texts: [hf_tok.convert_ids_to_tokens(hf_tok(t)["input_ids"]) for t in texts], run)
+    raise ValueError(f"unknown engine kind {kind!r}")
+
+
+def _worker(conn, specs: dict[str, tuple], threads: int) -> None:
+    """One process per library: builds its engines, then times the chunks it is sent until told to stop.
+    Requests: (engine, strategy, chunks) -> [(seconds, sentences, target tokens, first-token seconds | None)]."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(threads)
+    try:
+        engines = {name: _build_engine(spec) for name, spec in specs.items()}
+        conn.send(("ready", None))
+    except Exception as e:  # reported by the parent as a skipped engine
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    while (request := conn.recv()) is not None:
+        name, strategy, chunks = request
+        engine, cfg = engines[name], STRATEGIES[strategy]
+        out = []
+        for chunk in chunks:
+            inputs = engine.prepare(chunk)
+            start = time.perf_counter()
+            n_tok, first = engine.run(inputs, cfg)
+            out.append((time.perf_counter() - start, len(chunk), n_tok, first))
+        conn.send(out)
+
+
+class _Workers:
+    """Engines grouped by library, each group in its own (spawned) process, so that no library's thread
+    pool or allocator shares a process with another's: on a 2-core VM, one library's OpenMP threads still
+    spinning after its call slow the next library down by up to 3x when they share a process."""
+
+    def __init__(self, groups: dict[str, dict[str, tuple]], threads: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.procs, self.conns, self.group_of, self.failed = [], {}, {}, {}
+        for group, specs in groups.items():
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, specs, threads), daemon=True)
+            proc.start()
+            self.procs.append(proc)
+            status, detail = parent.recv()
+            if status == "ready":
+                self.conns[group] = parent
+                self.group_of.update({name: group for name in specs})
+            else:
+                self.failed.update({name: detail for name in specs})
+
+    @property
+    def engines(self) -> list[str]:
+        return list(self.group_of)
+
+    def run(self, name: str, strategy: str, chunks: list[list[str]]) -> list[tuple]:
+        conn = self.conns[self.group_of[name]]
+        conn.send((name, strategy, chunks))
+        return conn.recv()
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.send(None)
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
 
 
 def training_throughput(translator: Translator, steps: int = 10, batch: int = 96, length: int = 16) -> dict:
@@ -291,40 +381,41 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
     """block: sentences one engine decodes in a row before the next engine takes over (at least one batch).
     Engines then run with their weights in cache, as when translating a document; block=1 interleaves
     every sentence, so each engine starts from caches the previous engine filled."""
-    engines: dict[str, Engine] = {"ours-fast": _ours(translator, False), "ours-capture": _ours(translator, True),
-                                  "ours-int8": _ours(translator, False, int8=True)}
+    ours = str(translator.path)
+    groups: dict[str, dict[str, tuple]] = {"ours": {"ours-fast": ("ours", ours, False, False), "ours-capture": ("ours", ours, True, False),
+                                                    "ours-int8": ("ours", ours, False, True)}}
     skipped: dict[str, str] = {}
     if peers:
-        more, skipped = _peer_engines(translator, console)
-        engines.update(more)
+        specs, skipped = _export_peers(translator, console)
+        for name, (group, spec) in specs.items():
+            groups.setdefault(group, {})[name] = spec
+    workers = _Workers(groups, torch.get_num_threads())
+    skipped.update(workers.failed)
     for name, why in skipped.items():
         console.print(f"[yellow]skipped[/] {name}: {why}")
     measures: dict[tuple, Measure] = {}
-    # warm-up
-    for engine in engines.values():
-        for cfg in STRATEGIES.values():
-            engine.run(engine.prepare(texts[:2]), cfg)
-    for strategy, cfg in STRATEGIES.items():
-        for bs in batch_sizes:
-            chunks = [texts[i : i + bs] for i in range(0, len(texts), bs)]
-            names = list(engines)
-            per_block = max(1, block // bs)  # chunks an engine decodes in a row
-            blocks = [chunks[i : i + per_block] for i in range(0, len(chunks), per_block)]
-            for i, chunk_block in enumerate(blocks):  # interleaved: every engine decodes the same block before the next block
-                # The engine order rotates from block to block, so that no engine always runs right after the same
-                # other one (whose still-spinning thread pool and cache contents weigh on whoever runs next).
-                for name in names[i % len(names):] + names[: i % len(names)]:
-                    engine = engines[name]
-                    m = measures.setdefault((name, strategy, bs), Measure(name, strategy, bs))
-                    for chunk in chunk_block:
-                        inputs = engine.prepare(chunk)
-                        start = time.perf_counter()
-                        n_tok, first = engine.run(inputs, cfg)
-                        m.seconds.append(time.perf_counter() - start)
-                        m.sizes.append(len(chunk))
-                        m.target_tokens += n_tok
-                        if first is not None and bs == 1:
-                            m.first_token.append(first)
+    names = workers.engines
+    try:
+        for name in names:  # warm-up
+            for strategy in STRATEGIES:
+                workers.run(name, strategy, [texts[:2]])
+        for strategy in STRATEGIES:
+            for bs in batch_sizes:
+                chunks = [texts[i : i + bs] for i in range(0, len(texts), bs)]
+                per_block = max(1, block // bs)  # chunks an engine decodes in a row
+                blocks = [chunks[i : i + per_block] for i in range(0, len(chunks), per_block)]
+                for i, chunk_block in enumerate(blocks):  # interleaved: every engine decodes the same block before the next block
+                    # The engine order rotates from block to block, so that no engine always runs right after the same other.
+                    for name in names[i % len(names):] + names[: i % len(names)]:
+                        m = measures.setdefault((name, strategy, bs), Measure(name, strategy, bs))
+                        for seconds, n_sent, n_tok, first in workers.run(name, strategy, chunk_block):
+                            m.seconds.append(seconds)
+                            m.sizes.append(n_sent)
+                            m.target_tokens += n_tok
+                            if first is not None and bs == 1:
+                                m.first_token.append(first)
+    finally:
+        workers.close()
     rows = [m.row() for m in measures.values()]
     for r in rows:
         base = measures[("ours-fast", r["strategy"], r["batch"])].row()["median_ms_per_sentence"]

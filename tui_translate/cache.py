@@ -28,6 +28,7 @@ class KVCache:
         self.cross_mask = key_padding_mask(source_mask)  # (N, 1, 1, S) | None when nothing is padded
         self.capacity = self_kv.size(4)
         self.length = 0  # target positions already stored
+        self.fast_step = None  # FusedDecoderStep bound by Transformer.start_cache for inference runs, else None
 
     @classmethod
     def create(cls, cross_kv: list[Tensor], source_mask: Tensor, capacity: int) -> "KVCache":

@@ -24,6 +24,7 @@ unaffected.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +151,16 @@ def project(owner: nn.Module, name: str, x: Tensor, *linears: nn.Linear, extra_b
         outs = [F.linear(x, lin.weight, lin.bias) for lin in linears]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return out if extra_bias is None else out + extra_bias
+    multiply = bind(owner, name, *linears, extra_bias=extra_bias, output_layer=output_layer, dtype=x.dtype)
+    out = multiply(x.reshape(-1, x.size(-1)))  # (rows, ΣD_out)
+    return out.view(*x.shape[:-1], out.size(-1))
+
+
+def bind(owner: nn.Module, name: str, *linears: nn.Linear, extra_bias: Tensor | None = None, output_layer: bool = False,
+         dtype: torch.dtype = torch.float32) -> Callable[[Tensor], Tensor]:
+    """The inference product `project` would use now, as a function of 2-D input (rows, D_in) -> (rows, ΣD_out).
+
+    Valid while the weights and the int8 setting stay as they are (e.g. for one decoding run): the
+    fused decoder step binds its products once per run instead of checking the packs at every call."""
     pack = _packed(owner, name, linears, extra_bias, output_layer)
-    flat = x.reshape(-1, x.size(-1))  # (rows, D_in)
-    out = pack.multiply_int8(flat) if owner.__dict__.get(_INT8) and x.dtype == torch.float32 else pack.multiply(flat)
-    return out.view(*x.shape[:-1], pack.weight.size(1))
+    return pack.multiply_int8 if owner.__dict__.get(_INT8) and dtype == torch.float32 else pack.multiply

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .attention import key_padding_mask
 from .cache import KVCache
 from .config import ModelConfig
+from .fused import FusedDecoderStep
 from .layers import DecoderLayer, EncoderLayer, embedding_scale, sinusoidal_positions
 from .linear import project
 
@@ -115,12 +116,18 @@ class Transformer(nn.Module):
     def start_cache(self, encoded: EncoderOutput, capacity: int) -> KVCache:
         """Compute the cross-attention keys/values once and allocate self-attention buffers."""
         cross = [layer.cross_attn.project_key_value(encoded.memory) for layer in self.decoder_layers]
-        return KVCache.create(cross, encoded.source_mask, capacity)
+        cache = KVCache.create(cross, encoded.source_mask, capacity)
+        if not self.training and not torch.is_grad_enabled():
+            cache.fast_step = FusedDecoderStep(self)  # weights bound for this run's one-token steps
+        return cache
 
     def decode_step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> StepOutput:
         """tokens: (N, T_new) the next decoder inputs (usually T_new = 1; a forced prefix feeds
         several at once). Returns logits (N, T_new, V) and, on the capture path, the self-attention
-        (N, L, H, T_new, T_past+T_new) and cross-attention (N, L, H, T_new, S) of the new positions."""
+        (N, L, H, T_new, T_past+T_new) and cross-attention (N, L, H, T_new, S) of the new positions.
+        One token without attention (the fast path) runs the fused step bound by `start_cache`."""
+        if not need_weights and tokens.size(1) == 1 and cache.fast_step is not None:
+            return StepOutput(cache.fast_step.step(tokens[:, 0], cache))
         x = self._embed(self.tgt_embed, tokens, offset=cache.length)  # (N, T_new, D)
         self_ws, cross_ws = [], []
         for i, layer in enumerate(self.decoder_layers):

@@ -1,0 +1,99 @@
+"""The decoder's single-token inference step, with every weight bound once per decoding run.
+
+Incremental decoding of one sentence spends more time between matrix products than in them when
+each step goes through the modules: a step of the default model issued about 150 PyTorch calls
+(100 of them views and reshapes) plus a weight-pack check per product. `FusedDecoderStep` runs the
+same arithmetic on 2-D (rows, D) activations with the packed products bound when the KV cache is
+created (`Transformer.start_cache`), about 25 calls per layer. Same kernels in the same order, so
+its logits equal the modular path's (tests assert it, post- and pre-norm, fp32 and int8); it is used
+for steps that feed one token and keep no attention, i.e. the fast path.
+
+Shapes: N rows (sentences × beams), D d_model, H heads, d_k = D / H, S source length, V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cache import KVCache
+from .linear import bind
+
+
+class _Norm:
+    """A LayerNorm's parameters, for F.layer_norm without the module call."""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        self.shape, self.weight, self.bias, self.eps = norm.normalized_shape, norm.weight, norm.bias, norm.eps
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
+
+
+class _Layer:
+    def __init__(self, layer: nn.Module, dtype: torch.dtype) -> None:
+        sa, ca, ffn = layer.self_attn, layer.cross_attn, layer.ffn
+        self.qkv = bind(sa, "qkv", sa.q_proj, sa.k_proj, sa.v_proj, dtype=dtype)  # (N, D) -> (N, 3D)
+        self.self_out = bind(sa, "out", sa.out_proj, dtype=dtype)
+        self.cross_q = bind(ca, "q", ca.q_proj, dtype=dtype)
+        self.cross_out = bind(ca, "out", ca.out_proj, dtype=dtype)
+        self.fc1 = bind(ffn, "fc1", ffn.fc1, dtype=dtype)
+        self.fc2 = bind(ffn, "fc2", ffn.fc2, dtype=dtype)
+        self.act: Callable[[Tensor], Tensor] = ffn.act
+        self.norms = (_Norm(layer.self_attn_res.norm), _Norm(layer.cross_attn_res.norm), _Norm(layer.ffn_res.norm))
+
+
+class FusedDecoderStep:
+    """`step(tokens, cache)`: logits (N, 1, V) for one new token per row, extending the cache."""
+
+    def __init__(self, model: nn.Module) -> None:
+        c = model.config
+        dtype = model.tgt_embed.weight.dtype
+        self.d_model, self.n_heads, self.d_head = c.d_model, c.n_heads, c.d_model // c.n_heads
+        self.pre = c.norm_placement == "pre"
+        self.max_positions = c.max_positions
+        self.embedding, self.positions, self.scale = model.tgt_embed.weight, model.positions, model.scale
+        self.layers = [_Layer(layer, dtype) for layer in model.decoder_layers]
+        self.final_norm = _Norm(model.decoder_norm) if self.pre else None
+        self.logits = bind(model, "logits", model.output_proj, extra_bias=model.logits_bias, output_layer=True, dtype=dtype)
+
+    def _sublayer(self, x: Tensor, norm: _Norm, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        """Residual + LayerNorm: post x = LN(x + f(x)), pre x = x + f(LN(x))."""
+        if self.pre:
+            return sublayer(norm(x)).add_(x)
+        return norm(sublayer(x).add_(x))
+
+    def step(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """tokens: (N,) the next decoder input of every row. Returns logits (N, 1, V)."""
+        pos = cache.length
+        if pos + 1 > self.max_positions:
+            raise ValueError(f"sequence of {pos + 1} positions exceeds max_positions={self.max_positions}")
+        if pos + 1 > cache.capacity:
+            raise ValueError(f"KV cache capacity {cache.capacity} exceeded")
+        n, d, h, dk = tokens.size(0), self.d_model, self.n_heads, self.d_head
+        x = F.embedding(tokens, self.embedding).mul_(self.scale).add_(self.positions[pos])  # (N, D)
+        for i, layer in enumerate(self.layers):
+            kv_buf = cache.self_kv[i]  # (2, N, H, T_max, d_k)
+            cross_k, cross_v = cache.cross(i)  # (N, H, S, d_k) each
+
+            def self_attention(hx: Tensor, layer=layer, kv_buf=kv_buf) -> Tensor:
+                qkv = layer.qkv(hx).view(n, 3, h, 1, dk)  # (N, 3, H, 1, d_k): q, k, v of the new position
+                kv_buf[:, :, :, pos : pos + 1] = qkv[:, 1:].transpose(0, 1)  # (2, N, H, 1, d_k) into the cache
+                ctx = F.scaled_dot_product_attention(qkv[:, 0], kv_buf[0, :, :, : pos + 1], kv_buf[1, :, :, : pos + 1])
+                return layer.self_out(ctx.reshape(n, d))  # (N, H, 1, d_k) -> (N, D), heads concatenated
+
+            def cross_attention(hx: Tensor, layer=layer, cross_k=cross_k, cross_v=cross_v) -> Tensor:
+                q = layer.cross_q(hx).view(n, h, 1, dk)  # (N, H, 1, d_k)
+                ctx = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=cache.cross_mask)  # (N, H, 1, d_k)
+                return layer.cross_out(ctx.reshape(n, d))
+
+            x = self._sublayer(x, layer.norms[0], self_attention)
+            x = self._sublayer(x, layer.norms[1], cross_attention)
+            x = self._sublayer(x, layer.norms[2], lambda hx, layer=layer: layer.fc2(layer.act(layer.fc1(hx))))
+        cache.advance(1)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return self.logits(x).unsqueeze(1)  # (N, 1, V)
