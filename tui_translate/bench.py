@@ -90,7 +90,8 @@ def _ours(translator: Translator, attention: bool, int8: bool = False) -> Engine
 def _export_peers(translator: Translator, console: Console) -> tuple[dict[str, tuple], dict[str, str]]:
     """Export the model for transformers and CTranslate2 when they are installed.
 
-    Returns (engine name -> worker group and the spec its worker builds the engine from, skipped engine -> reason)."""
+    Returns (engine name -> worker group and the spec its worker builds the engine from, skipped engine -> reason).
+    Every peer engine gets a worker of its own (CTranslate2's thread pool settings are process-wide)."""
     specs: dict[str, tuple] = {}
     try:
         from .marian import export_marian
@@ -118,7 +119,7 @@ def _export_peers(translator: Translator, console: Console) -> tuple[dict[str, t
     for quant in ("float32", "int8"):
         out_dir = tmp / f"ct2-{quant}"
         TransformersConverter(str(hf_dir)).convert(str(out_dir), quantization=quant, force=True)
-        specs[f"ctranslate2-{quant}"] = ("ctranslate2", ("ctranslate2", str(out_dir), str(hf_dir)))
+        specs[f"ctranslate2-{quant}"] = (f"ctranslate2-{quant}", ("ctranslate2", str(out_dir), str(hf_dir)))
     return specs, {}
 
 

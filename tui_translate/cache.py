@@ -31,11 +31,11 @@ class KVCache:
         self.fast_step = None  # FusedDecoderStep bound by Transformer.start_cache for inference runs, else None
 
     @classmethod
-    def create(cls, cross_kv: list[Tensor], source_mask: Tensor, capacity: int) -> "KVCache":
-        """cross_kv: per layer the stacked keys/values (2, N, H, S, d_k); capacity: max target positions."""
-        cross = torch.stack(cross_kv)  # (L, 2, N, H, S, d_k)
-        l, _, n, h, _, dk = cross.shape
-        return cls(cross.new_zeros(l, 2, n, h, capacity, dk), cross, source_mask)
+    def create(cls, cross_kv: Tensor, source_mask: Tensor, capacity: int) -> "KVCache":
+        """cross_kv: every layer's encoder keys/values (L, 2, N, H, S, d_k); capacity: max target positions.
+        The self-attention buffers are left uninitialised: only positions below `length` are ever read."""
+        l, _, n, h, _, dk = cross_kv.shape
+        return cls(cross_kv.new_empty(l, 2, n, h, capacity, dk), cross_kv, source_mask)
 
     def append(self, layer: int, kv: Tensor) -> tuple[Tensor, Tensor]:
         """Store new self-attention keys/values kv (2, N, H, T_new, d_k) at the current length.

@@ -114,8 +114,14 @@ class Transformer(nn.Module):
 
     # -- incremental decoder --------------------------------------------------------------------
     def start_cache(self, encoded: EncoderOutput, capacity: int) -> KVCache:
-        """Compute the cross-attention keys/values once and allocate self-attention buffers."""
-        cross = [layer.cross_attn.project_key_value(encoded.memory) for layer in self.decoder_layers]
+        """Compute the cross-attention keys/values once (all layers in one product) and allocate the
+        self-attention buffers."""
+        c = self.config
+        n, s, _ = encoded.memory.shape
+        projections = [lin for layer in self.decoder_layers for lin in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
+        kv = project(self, "cross_kv", encoded.memory, *projections)  # every layer's keys and values in one product, (N, S, L*2*D)
+        kv = kv.view(n, s, c.n_decoder_layers, 2, c.n_heads, c.d_model // c.n_heads)  # (N, S, L, 2, H, d_k)
+        cross = kv.permute(2, 3, 0, 4, 1, 5).contiguous()  # (L, 2, N, H, S, d_k)
         cache = KVCache.create(cross, encoded.source_mask, capacity)
         if not self.training and not torch.is_grad_enabled():
             cache.fast_step = FusedDecoderStep(self)  # weights bound for this run's one-token steps
