@@ -36,9 +36,11 @@ def test_cached_decoding_equals_full_forward(tokenizer, norm, layout):
 @pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("int8", [False, True])
 @pytest.mark.parametrize("rows", [1, 2])
-def test_fused_single_token_step_equals_modular_step(tokenizer, norm, int8, rows):
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_fused_single_token_step_equals_modular_step(tokenizer, norm, int8, rows, need_weights):
     """The fused inference step (weights bound once per run) computes exactly what the layers compute,
-    with padded sources, through a beam-style reorder, in float32 and int8 (one-row and batched kernels)."""
+    logits and attention, with padded sources, through a beam-style reorder, in float32 and int8
+    (one-row and batched kernels)."""
     from tui_translate.linear import set_int8
 
     model = make_model(tokenizer, norm_placement=norm, final_logits_bias=True, activation="gelu")
@@ -55,9 +57,14 @@ def test_fused_single_token_step_equals_modular_step(tokenizer, norm, int8, rows
                 order = torch.arange(rows).flip(0)
                 fused.reorder(order, same_source=rows == 1)
                 modular.reorder(order, same_source=rows == 1)
-            a = model.decode_step(tgt[:, i : i + 1], fused).logits
-            b = model.decode_step(tgt[:, i : i + 1], modular).logits
-            assert torch.equal(a, b), (i, (a - b).abs().max())
+            a = model.decode_step(tgt[:, i : i + 1], fused, need_weights)
+            b = model.decode_step(tgt[:, i : i + 1], modular, need_weights)
+            assert torch.equal(a.logits, b.logits), (i, (a.logits - b.logits).abs().max())
+            if need_weights:
+                assert a.self_attention.shape == (rows, model.config.n_decoder_layers, model.config.n_heads, 1, i + 1)
+                assert torch.equal(a.self_attention, b.self_attention) and torch.equal(a.cross_attention, b.cross_attention)
+            else:
+                assert a.self_attention is None and a.cross_attention is None
         assert torch.equal(fused.self_kv[..., : fused.length, :], modular.self_kv[..., : modular.length, :])
     with torch.enable_grad():  # training never takes the fused step
         assert model.start_cache(model.encode(src), capacity=4).fast_step is None

@@ -5,8 +5,8 @@ each step goes through the modules: a step of the default model issued about 150
 (100 of them views and reshapes) plus a weight-pack check per product. `FusedDecoderStep` runs the
 same arithmetic on 2-D (rows, D) activations with the packed products bound when the KV cache is
 created (`Transformer.start_cache`), about 25 calls per layer. Same kernels in the same order, so
-its logits equal the modular path's (tests assert it, post- and pre-norm, fp32 and int8); it is used
-for steps that feed one token and keep no attention, i.e. the fast path.
+its logits and attention weights equal the modular path's (tests assert it, post- and pre-norm, fp32
+and int8, fast and capture paths); every step that feeds one token runs it.
 
 Shapes: N rows (sentences × beams), D d_model, H heads, d_k = D / H, S source length, V vocab.
 """
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import attention_probabilities
 from .cache import KVCache
 from .linear import bind
 
@@ -47,7 +48,8 @@ class _Layer:
 
 
 class FusedDecoderStep:
-    """`step(tokens, cache)`: logits (N, 1, V) for one new token per row, extending the cache."""
+    """`step(tokens, cache, need_weights)`: logits (N, 1, V) for one new token per row (and the attention
+    weights on the capture path), extending the cache."""
 
     def __init__(self, model: nn.Module) -> None:
         c = model.config
@@ -66,14 +68,30 @@ class FusedDecoderStep:
             return sublayer(norm(x)).add_(x)
         return norm(sublayer(x).add_(x))
 
-    def step(self, tokens: Tensor, cache: KVCache) -> Tensor:
-        """tokens: (N,) the next decoder input of every row. Returns logits (N, 1, V)."""
+    def step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """tokens: (N,) the next decoder input of every row.
+
+        Returns logits (N, 1, V) and, with need_weights, the self-attention (N, L, H, 1, T_past + 1) and
+        cross-attention (N, L, H, 1, S) of the new position (computed explicitly, as the capture path does)."""
         pos = cache.length
         if pos + 1 > self.max_positions:
             raise ValueError(f"sequence of {pos + 1} positions exceeds max_positions={self.max_positions}")
         if pos + 1 > cache.capacity:
             raise ValueError(f"KV cache capacity {cache.capacity} exceeded")
         n, d, h, dk = tokens.size(0), self.d_model, self.n_heads, self.d_head
+        self_ws: list[Tensor] = []
+        cross_ws: list[Tensor] = []
+
+        def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, keep: list[Tensor]) -> Tensor:
+            """q (N, H, 1, d_k), k/v (N, H, S, d_k) -> context (N, D), heads concatenated."""
+            if need_weights:
+                weights = attention_probabilities(q, k, mask)  # (N, H, 1, S)
+                keep.append(weights)
+                ctx = torch.matmul(weights, v)
+            else:
+                ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, 1, d_k)
+            return ctx.reshape(n, d)
+
         x = F.embedding(tokens, self.embedding).mul_(self.scale).add_(self.positions[pos])  # (N, D)
         for i, layer in enumerate(self.layers):
             kv_buf = cache.self_kv[i]  # (2, N, H, T_max, d_k)
@@ -82,13 +100,12 @@ class FusedDecoderStep:
             def self_attention(hx: Tensor, layer=layer, kv_buf=kv_buf) -> Tensor:
                 qkv = layer.qkv(hx).view(n, 3, h, 1, dk)  # (N, 3, H, 1, d_k): q, k, v of the new position
                 kv_buf[:, :, :, pos : pos + 1] = qkv[:, 1:].transpose(0, 1)  # (2, N, H, 1, d_k) into the cache
-                ctx = F.scaled_dot_product_attention(qkv[:, 0], kv_buf[0, :, :, : pos + 1], kv_buf[1, :, :, : pos + 1])
-                return layer.self_out(ctx.reshape(n, d))  # (N, H, 1, d_k) -> (N, D), heads concatenated
+                ctx = attend(qkv[:, 0], kv_buf[0, :, :, : pos + 1], kv_buf[1, :, :, : pos + 1], None, self_ws)
+                return layer.self_out(ctx)
 
             def cross_attention(hx: Tensor, layer=layer, cross_k=cross_k, cross_v=cross_v) -> Tensor:
                 q = layer.cross_q(hx).view(n, h, 1, dk)  # (N, H, 1, d_k)
-                ctx = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=cache.cross_mask)  # (N, H, 1, d_k)
-                return layer.cross_out(ctx.reshape(n, d))
+                return layer.cross_out(attend(q, cross_k, cross_v, cache.cross_mask, cross_ws))
 
             x = self._sublayer(x, layer.norms[0], self_attention)
             x = self._sublayer(x, layer.norms[1], cross_attention)
@@ -96,4 +113,7 @@ class FusedDecoderStep:
         cache.advance(1)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return self.logits(x).unsqueeze(1)  # (N, 1, V)
+        logits = self.logits(x).unsqueeze(1)  # (N, 1, V)
+        if not need_weights:
+            return logits, None, None
+        return logits, torch.stack(self_ws, 1), torch.stack(cross_ws, 1)  # (N, L, H, 1, T) and (N, L, H, 1, S)

@@ -131,9 +131,9 @@ class Transformer(nn.Module):
         """tokens: (N, T_new) the next decoder inputs (usually T_new = 1; a forced prefix feeds
         several at once). Returns logits (N, T_new, V) and, on the capture path, the self-attention
         (N, L, H, T_new, T_past+T_new) and cross-attention (N, L, H, T_new, S) of the new positions.
-        One token without attention (the fast path) runs the fused step bound by `start_cache`."""
-        if not need_weights and tokens.size(1) == 1 and cache.fast_step is not None:
-            return StepOutput(cache.fast_step.step(tokens[:, 0], cache))
+        One token runs the fused step bound by `start_cache`."""
+        if tokens.size(1) == 1 and cache.fast_step is not None:
+            return StepOutput(*cache.fast_step.step(tokens[:, 0], cache, need_weights))
         x = self._embed(self.tgt_embed, tokens, offset=cache.length)  # (N, T_new, D)
         self_ws, cross_ws = [], []
         for i, layer in enumerate(self.decoder_layers):
