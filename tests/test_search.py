@@ -26,6 +26,7 @@ def encode(tokenizer, texts):
 @pytest.mark.parametrize("cfg", [
     DecodeConfig(strategy="beam", beam_size=1, length_penalty=0.0),
     DecodeConfig(strategy="beam", beam_size=1, length_penalty=0.6, early_stopping=True),
+    DecodeConfig(strategy="beam", beam_size=1, length_penalty=0.0, n_alternatives=1),  # fewest candidates per row
 ])
 def test_beam_size_one_equals_greedy(model, tokenizer, cfg):
     src = encode(tokenizer, SOURCES)

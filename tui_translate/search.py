@@ -195,7 +195,7 @@ def search(
     # One top-k per row and step serves both the alternatives shown to the user and the search: beam
     # search's best 2K continuations of a sentence are among its rows' own best 2K (a candidate beaten by
     # 2K others of its own row is beaten by them overall), so it ranks K * 2K candidates instead of K * V.
-    n_top = min(max(n_alt, 2 * k_beam if k_beam > 1 else 1), mc.vocab_size)
+    n_top = min(max(n_alt, 2 * k_beam if config.strategy == "beam" else 1), mc.vocab_size)
 
     def record(out, t_index: int, logp: Tensor) -> tuple[Tensor, Tensor]:
         """Keep position t_index's alternatives (and attention); return the rows' best (log-probs, ids), (N, n_top) each."""
