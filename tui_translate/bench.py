@@ -322,7 +322,8 @@ def app_latency(model_path: Path, text: str) -> dict:
 
 # torch.profiler op names (namespace stripped) -> where the time of a decoding step goes
 _CATEGORIES = {
-    "matrix products": {"addmm", "mm", "_linear_pointwise", "linear", "bmm", "matmul", "embedding"},
+    "matrix products": {"addmm", "mm", "_linear_pointwise", "linear", "bmm", "baddbmm", "matmul", "embedding",
+                        "_weight_int8pack_mm", "linear_dynamic"},
     "attention kernels": {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu", "softmax", "_softmax",
                           "exp", "amax", "sum", "div", "masked_fill"},
     "layer norm, activations": {"layer_norm", "native_layer_norm", "relu", "clamp_min", "gelu", "silu"},
