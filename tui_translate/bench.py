@@ -87,11 +87,10 @@ def _ours(translator: Translator, attention: bool, int8: bool = False) -> Engine
     return Engine(lambda texts: pad_batch(tok.encode_ids(texts), model.config.pad_id), run)
 
 
-def _export_peers(translator: Translator, console: Console) -> tuple[dict[str, tuple], dict[str, str]]:
+def _export_peers(translator: Translator) -> tuple[dict[str, tuple], dict[str, str]]:
     """Export the model for transformers and CTranslate2 when they are installed.
 
-    Returns (engine name -> worker group and the spec its worker builds the engine from, skipped engine -> reason).
-    Every peer engine gets a worker of its own (CTranslate2's thread pool settings are process-wide)."""
+    Returns (engine name -> the spec its worker builds the engine from, skipped engine -> reason)."""
     specs: dict[str, tuple] = {}
     try:
         from .marian import export_marian
@@ -111,7 +110,7 @@ def _export_peers(translator: Translator, console: Console) -> tuple[dict[str, t
         return specs, {"transformers": why, "ctranslate2": why}
     tmp = Path(tempfile.mkdtemp(prefix="tui-translate-bench-"))
     hf_dir = export_marian(translator.path, tmp / "hf")
-    specs["transformers"] = ("transformers", ("transformers", str(hf_dir)))
+    specs["transformers"] = ("transformers", str(hf_dir))
     try:
         from ctranslate2.converters import TransformersConverter
     except ImportError:
@@ -119,7 +118,7 @@ def _export_peers(translator: Translator, console: Console) -> tuple[dict[str, t
     for quant in ("float32", "int8"):
         out_dir = tmp / f"ct2-{quant}"
         TransformersConverter(str(hf_dir)).convert(str(out_dir), quantization=quant, force=True)
-        specs[f"ctranslate2-{quant}"] = (f"ctranslate2-{quant}", ("ctranslate2", str(out_dir), str(hf_dir)))
+        specs[f"ctranslate2-{quant}"] = ("ctranslate2", str(out_dir), str(hf_dir))
     return specs, {}
 
 
@@ -391,9 +390,9 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
                                                     "ours-int8": ("ours", ours, False, True)}}
     skipped: dict[str, str] = {}
     if peers:
-        specs, skipped = _export_peers(translator, console)
-        for name, (group, spec) in specs.items():
-            groups.setdefault(group, {})[name] = spec
+        specs, skipped = _export_peers(translator)
+        # every peer engine in a worker of its own (CTranslate2's thread settings are process-wide)
+        groups.update({name: {name: spec} for name, spec in specs.items()})
     workers = _Workers(groups, torch.get_num_threads())
     skipped.update(workers.failed)
     for name, why in skipped.items():

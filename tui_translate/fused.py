@@ -76,8 +76,6 @@ class FusedDecoderStep:
         pos = cache.length
         if pos + 1 > self.max_positions:
             raise ValueError(f"sequence of {pos + 1} positions exceeds max_positions={self.max_positions}")
-        if pos + 1 > cache.capacity:
-            raise ValueError(f"KV cache capacity {cache.capacity} exceeded")
         n, d, h, dk = tokens.size(0), self.d_model, self.n_heads, self.d_head
         self_ws: list[Tensor] = []
         cross_ws: list[Tensor] = []
@@ -94,14 +92,12 @@ class FusedDecoderStep:
 
         x = F.embedding(tokens, self.embedding).mul_(self.scale).add_(self.positions[pos])  # (N, D)
         for i, layer in enumerate(self.layers):
-            kv_buf = cache.self_kv[i]  # (2, N, H, T_max, d_k)
             cross_k, cross_v = cache.cross(i)  # (N, H, S, d_k) each
 
-            def self_attention(hx: Tensor, layer=layer, kv_buf=kv_buf) -> Tensor:
+            def self_attention(hx: Tensor, layer=layer, i=i) -> Tensor:
                 qkv = layer.qkv(hx).view(n, 3, h, 1, dk)  # (N, 3, H, 1, d_k): q, k, v of the new position
-                kv_buf[:, :, :, pos : pos + 1] = qkv[:, 1:].transpose(0, 1)  # (2, N, H, 1, d_k) into the cache
-                ctx = attend(qkv[:, 0], kv_buf[0, :, :, : pos + 1], kv_buf[1, :, :, : pos + 1], None, self_ws)
-                return layer.self_out(ctx)
+                k, v = cache.append(i, qkv[:, 1:].transpose(0, 1))  # new (2, N, H, 1, d_k) stored; all so far (N, H, pos+1, d_k)
+                return layer.self_out(attend(qkv[:, 0], k, v, None, self_ws))
 
             def cross_attention(hx: Tensor, layer=layer, cross_k=cross_k, cross_v=cross_v) -> Tensor:
                 q = layer.cross_q(hx).view(n, h, 1, dk)  # (N, H, 1, d_k)

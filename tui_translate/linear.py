@@ -82,21 +82,25 @@ class _Pack:
             # per-call quantization work (fbgemm's costs more than the product of a 256-wide layer); not for
             # the output layer, whose bf16-rounded logits would reorder near-tied words.
             if self.w8 is None:
+                w, scales = self._per_channel_scales()
                 with torch.inference_mode(False), torch.no_grad():
-                    w = self.weight.t().contiguous()  # (ΣD_out, D_in)
-                    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
                     self.w8 = ((w / scales[:, None]).round().to(torch.int8), scales.to(torch.bfloat16))
             q, scales = self.w8
             out = torch._weight_int8pack_mm(flat.to(torch.bfloat16), q, scales).float()
             return out if self.bias is None else out.add_(self.bias)
         if self.int8 is None:
+            w, scales = self._per_channel_scales()
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # quantized tensor constructors are marked deprecated
-                w = self.weight.t().contiguous()  # (ΣD_out, D_in)
-                scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
                 qw = torch.quantize_per_channel(w, scales, torch.zeros(w.size(0), dtype=torch.long), 0, torch.qint8)
                 self.int8 = torch.ops.quantized.linear_prepack(qw, self.bias)
         return torch.ops.quantized.linear_dynamic(flat.contiguous(), self.int8, True)
+
+    def _per_channel_scales(self) -> tuple[Tensor, Tensor]:
+        """The weight as (ΣD_out, D_in) and its symmetric int8 scale per output channel, (ΣD_out,)."""
+        with torch.inference_mode(False), torch.no_grad():
+            w = self.weight.t().contiguous()
+            return w, (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
 
     def valid_for(self, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None) -> bool:
         """Same layers holding the same parameter objects, none updated in place (version) or moved (storage)."""
@@ -122,7 +126,7 @@ class _Pack:
                 return torch.ops.mkldnn._linear_pointwise(flat.contiguous(), self.onednn, self.bias, "none", [], "")
             except (RuntimeError, AttributeError, NotImplementedError):  # a build without oneDNN linear: plain GEMM
                 _onednn_ok = False
-        if flat.size(0) == 1 and _ROW_SPLITS > 1 and self.weight.size(1) % _ROW_SPLITS == 0:
+        if flat.size(0) == 1 and self.weight.size(1) % _ROW_SPLITS == 0:
             # One row: MKL runs a one-row product on one thread whatever the thread count, so the columns
             # are split into blocks multiplied as one batched product, which PyTorch spreads over its threads.
             if self.split is None:
