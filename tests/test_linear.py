@@ -36,9 +36,14 @@ def test_packed_equals_linear_in_and_out_of_inference_mode():
     with torch.inference_mode():
         torch.testing.assert_close(project(block, "abc", x, block.a, block.b, block.c, extra_bias=extra), want, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(project(block, "c", x, block.c), block.c(x), atol=1e-6, rtol=1e-6)
-        one = x[:1, :1]  # a single row takes the plain-GEMM path, several rows the oneDNN one
-        torch.testing.assert_close(project(block, "abc", one, block.a, block.b, block.c, extra_bias=extra), want[:1, :1],
-                                   atol=1e-6, rtol=1e-6)
+        one = x[:1, :1]
+        # every kernel choice: column blocks (12 columns, hidden layer, any row count), an output layer's
+        # several rows (oneDNN) and one row (blocks), widths the blocks do not divide (3: oneDNN / plain GEMM)
+        for rows, output_layer in ((x, False), (x, True), (one, False), (one, True)):
+            torch.testing.assert_close(project(block, f"abc{output_layer}", rows, block.a, block.b, block.c, extra_bias=extra,
+                                               output_layer=output_layer), want[: rows.size(0), : rows.size(1)], atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(project(block, f"b{output_layer}", rows, block.b, output_layer=output_layer), block.b(rows),
+                                       atol=1e-6, rtol=1e-6)
 
 
 def test_pack_follows_optimizer_steps_reloads_and_dtype_changes():
