@@ -70,6 +70,47 @@ def test_fused_single_token_step_equals_modular_step(tokenizer, norm, int8, rows
         assert model.start_cache(model.encode(src), capacity=4).fast_step is None
 
 
+def test_fused_step_kept_across_runs_follows_weight_and_int8_changes(tokenizer):
+    """The fused step is bound once and reused by later runs, but never with stale weights: an optimizer
+    step, a state-dict reload, a replaced parameter or the int8 switch all rebind it."""
+    from tui_translate.linear import set_int8
+
+    model = make_model(tokenizer, final_logits_bias=True)
+    other = make_model(tokenizer, final_logits_bias=True, seed=1)
+    src, tgt = _batch(model)
+
+    def fused_and_modular():
+        with torch.inference_mode():
+            fused = model.start_cache(model.encode(src), capacity=2)
+            modular = model.start_cache(model.encode(src), capacity=2)
+            modular.fast_step = None
+            step = fused.fast_step
+            return step, model.decode_step(tgt[:, :1], fused).logits, model.decode_step(tgt[:, :1], modular).logits
+
+    first, a, b = fused_and_modular()
+    assert torch.equal(a, b)
+    assert fused_and_modular()[0] is first  # nothing changed: the same binding
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    torch.nn.functional.cross_entropy(model(src, tgt).flatten(0, 1), tgt.flatten()).backward()
+    opt.step()
+    model.eval()
+    changes = [
+        lambda: None,  # the optimizer step above
+        lambda: model.load_state_dict(other.state_dict()),
+        lambda: setattr(model.decoder_layers[0].ffn.fc2, "bias", torch.nn.Parameter(torch.randn(model.config.d_model))),
+        lambda: set_int8(model, True),
+        lambda: set_int8(model, False),
+    ]
+    previous = first
+    for change in changes:
+        change()
+        step, a, b = fused_and_modular()
+        assert step is not previous
+        assert torch.equal(a, b)
+        previous = step
+
+
 def test_capture_path_equals_fast_path(model):
     src, tgt = _batch(model)
     with torch.no_grad():

@@ -53,6 +53,11 @@ def set_int8(model: nn.Module, enabled: bool) -> None:
         module.__dict__[_INT8] = enabled
 
 
+def int8_enabled(module: nn.Module) -> bool:
+    """Whether `set_int8` switched this module's products to int8."""
+    return bool(module.__dict__.get(_INT8))
+
+
 _ONEDNN_BATCH_HINT = 64  # rows the oneDNN weight layout is tuned for; any row count works
 _onednn_ok = torch.backends.mkldnn.is_available()
 _ROW_SPLITS = 4  # column blocks of a hidden-layer or one-row product
@@ -191,4 +196,4 @@ def bind(owner: nn.Module, name: str, *linears: nn.Linear, extra_bias: Tensor | 
     Valid while the weights and the int8 setting stay as they are (e.g. for one decoding run): the
     fused decoder step binds its products once per run instead of checking the packs at every call."""
     pack = _packed(owner, name, linears, extra_bias, output_layer)
-    return pack.multiply_int8 if owner.__dict__.get(_INT8) and dtype == torch.float32 else pack.multiply
+    return pack.multiply_int8 if int8_enabled(owner) and dtype == torch.float32 else pack.multiply

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .attention import key_padding_mask
 from .cache import KVCache
 from .config import ModelConfig
-from .fused import FusedDecoderStep
+from .fused import fused_step
 from .layers import DecoderLayer, EncoderLayer, embedding_scale, sinusoidal_positions
 from .linear import project
 
@@ -124,7 +124,7 @@ class Transformer(nn.Module):
         cross = kv.permute(2, 3, 0, 4, 1, 5).contiguous()  # (L, 2, N, H, S, d_k)
         cache = KVCache.create(cross, encoded.source_mask, capacity)
         if not self.training and not torch.is_grad_enabled():
-            cache.fast_step = FusedDecoderStep(self)  # weights bound for this run's one-token steps
+            cache.fast_step = fused_step(self)  # weights bound for one-token steps (kept while they stay the same)
         return cache
 
     def decode_step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> StepOutput:
