@@ -11,7 +11,6 @@ Beam search reorders hypotheses through `reorder(beam_idx)` and nothing else.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .attention import key_padding_mask
