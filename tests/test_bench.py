@@ -29,6 +29,8 @@ def test_bench_measures_every_engine_on_identical_weights(tokenizer, tmp_path, c
         assert r["sentences"] == 6 and r["median_ms_per_sentence"] > 0 and r["target_tokens_per_s"] > 0
         if r["engine"] == "ours-fast":
             assert r["ratio_to_ours_fast"] == 1.0
+        if r["batch"] != 1:
+            assert r["ms_per_output_token"] is None
         if r["engine"].startswith("ours") and r["batch"] == 1:
             assert 0 < r["first_token_ms"] <= r["p90_ms_per_sentence"]
     assert set(report["training_tokens_per_s"]) == {"tui-translate", "torch.nn.Transformer"}
@@ -37,3 +39,18 @@ def test_bench_measures_every_engine_on_identical_weights(tokenizer, tmp_path, c
         assert abs(sum(share.values()) - 1.0) < 0.05 and share["matrix products"] > 0
     printed = capsys.readouterr().out
     assert "ctranslate2" in printed and "transformers" in printed and "where the time goes" in printed
+
+
+def test_batch_one_fit_separates_per_token_from_per_sentence_cost():
+    from tui_translate.bench import Measure
+
+    m = Measure("e", "greedy", 1)
+    for n_tok in (3, 5, 8, 12, 4):
+        m.seconds.append((2.0 + 0.5 * n_tok) / 1000)  # 2 ms per sentence + 0.5 ms per output token
+        m.sizes.append(1)
+        m.tokens.append(n_tok)
+    row = m.row()
+    assert row["ms_per_output_token"] == 0.5 and row["ms_fixed_per_sentence"] == 2.0
+    same_length = Measure("e", "greedy", 1, seconds=[0.01, 0.02], sizes=[1, 1], tokens=[4, 4])
+    batched = Measure("e", "greedy", 4, seconds=[0.01, 0.02], sizes=[4, 4], tokens=[9, 17])
+    assert same_length.fit() is None and batched.row()["ms_per_output_token"] is None

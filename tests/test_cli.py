@@ -89,3 +89,20 @@ def test_help_is_complete(command):
     else:
         for name in ("translate", "train", "eval", "bench", "app"):
             assert name in text
+
+
+def test_bench_input_is_a_tsv_or_a_text_file(tmp_path, model_dir):
+    from tui_translate.data import read_sources
+
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("\nje suis étudiant\ti am a student\nbonjour\thello\nmerci\tthanks\n", encoding="utf-8")
+    assert read_sources(tsv, "fr-en") == ["je suis étudiant", "bonjour", "merci"]
+    assert read_sources(tsv, "en-fr", limit=2) == ["i am a student", "hello"]
+    text = tmp_path / "sentences.txt"
+    text.write_text("je suis étudiant\n\n  il pleut.  \nmerci\n", encoding="utf-8")
+    assert read_sources(text, "fr-en") == ["je suis étudiant", "il pleut.", "merci"]
+    assert read_sources(text, "fr-en", limit=1) == ["je suis étudiant"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    proc = cli("bench", "--model", str(model_dir), "--input", str(empty), "--no-peers", check=False)
+    assert proc.returncode == 2 and "no sentences" in proc.stderr.decode()

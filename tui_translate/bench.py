@@ -42,11 +42,21 @@ class Measure:
     seconds: list[float] = field(default_factory=list)  # per call (one sentence at batch 1, one batch otherwise)
     sizes: list[int] = field(default_factory=list)  # sentences per call
     target_tokens: int = 0
+    tokens: list[int] = field(default_factory=list)  # output tokens per call
     first_token: list[float] = field(default_factory=list)
+
+    def fit(self) -> tuple[float, float] | None:
+        """Batch 1: least-squares ms per sentence = fixed + per_token × output tokens, as (per_token, fixed) ms;
+        separates the per-step cost of decoding from the per-sentence cost (encoder, setup)."""
+        if self.batch != 1 or len(set(self.tokens)) < 2:
+            return None
+        slope, intercept = statistics.linear_regression(self.tokens, [1000 * s for s in self.seconds])
+        return round(slope, 3), round(intercept, 2)
 
     def row(self) -> dict:
         per_sentence = sorted(1000 * s / n for s, n in zip(self.seconds, self.sizes))
         total = sum(self.seconds)
+        fit = self.fit()
         return {
             "engine": self.engine, "strategy": self.strategy, "batch": self.batch,
             "median_ms_per_sentence": round(statistics.median(per_sentence), 2),
@@ -54,6 +64,8 @@ class Measure:
             "target_tokens_per_s": round(self.target_tokens / total, 1) if total else None,
             "first_token_ms": round(statistics.median(self.first_token) * 1000, 2) if self.first_token else None,
             "sentences": sum(self.sizes),
+            "ms_per_output_token": fit[0] if fit else None,
+            "ms_fixed_per_sentence": fit[1] if fit else None,
         }
 
 
@@ -97,12 +109,14 @@ def _export_peers(translator: Translator) -> tuple[dict[str, tuple], dict[str, s
     except ImportError as e:
         return specs, {"transformers": f"Marian export unavailable ({e})", "ctranslate2": f"Marian export unavailable ({e})"}
     try:
-        import transformers  # noqa: F401
+        import transformers
     except ImportError:
         return specs, {"transformers": "not installed (pip install 'tui-translate[bench]')",
                        "ctranslate2": "needs transformers for the conversion (pip install 'tui-translate[bench]')"}
     import tempfile
+    import warnings
 
+    _quiet_transformers(transformers)
     c = translator.config
     if c.norm_placement != "post" or c.position_layout != "split":
         why = (f"this model ({c.norm_placement}-norm, {c.position_layout} positions) has no exact Marian equivalent; "
@@ -117,9 +131,17 @@ def _export_peers(translator: Translator) -> tuple[dict[str, tuple], dict[str, s
         return specs, {"ctranslate2": "not installed (pip install 'tui-translate[bench]')"}
     for quant in ("float32", "int8"):
         out_dir = tmp / f"ct2-{quant}"
-        TransformersConverter(str(hf_dir)).convert(str(out_dir), quantization=quant, force=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the converter loads the tokenizer, which asks for sacremoses
+            TransformersConverter(str(hf_dir)).convert(str(out_dir), quantization=quant, force=True)
         specs[f"ctranslate2-{quant}"] = ("ctranslate2", str(out_dir), str(hf_dir))
     return specs, {}
+
+
+def _quiet_transformers(transformers) -> None:
+    """No per-load progress bars or info lines from transformers in the bench's output."""
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 _LOADED: dict[str, Translator] = {}  # per worker process
@@ -139,7 +161,7 @@ def _build_engine(spec: tuple) -> Engine:
         import transformers
         from transformers import MarianMTModel, MarianTokenizer
 
-        transformers.logging.set_verbosity_error()
+        _quiet_transformers(transformers)
         hf_model = MarianMTModel.from_pretrained(spec[1]).eval()
         hf_model.generation_config.max_length = None  # max_new_tokens is given per call
         hf_tok = MarianTokenizer.from_pretrained(spec[1])
@@ -416,6 +438,7 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
                             m.seconds.append(seconds)
                             m.sizes.append(n_sent)
                             m.target_tokens += n_tok
+                            m.tokens.append(n_tok)
                             if first is not None and bs == 1:
                                 m.first_token.append(first)
     finally:
@@ -441,6 +464,10 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
                       f"{r['target_tokens_per_s']:.0f}", "" if r["first_token_ms"] is None else f"{r['first_token_ms']:.1f}",
                       f"{r['ratio_to_ours_fast']:.2f}")
     console.print(table)
+    fits = [r for r in rows if r["ms_per_output_token"] is not None]
+    if fits:
+        console.print("batch 1, least-squares fit of ms per sentence = fixed + per token × output tokens: " + "; ".join(
+            f"{r['engine']} {r['strategy']} {r['ms_per_output_token']:.2f} ms/token + {r['ms_fixed_per_sentence']:.1f} ms" for r in fits))
     console.print("training step tokens/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in train.items()))
     if app:
         console.print(f"app: first frame {app['first_frame_ms']:.0f} ms, model ready {app['model_ready_ms']:.0f} ms, "

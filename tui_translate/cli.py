@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure decoding speed (and a training step) against peer engines",
                        description="Interleaved speed measurement on the same sentences: this project's fast and capture paths, "
                        "and transformers / CTranslate2 on the exported weights when installed (else reported as skipped).")
-    p.add_argument("--tsv", default=DEFAULT_BENCH_TSV, metavar="TSV", help=f"French<TAB>English sentences (default: {DEFAULT_BENCH_TSV})")
+    p.add_argument("--input", "--tsv", dest="input", default=DEFAULT_BENCH_TSV, metavar="FILE",
+                   help="sentences to decode: French<TAB>English pairs (the model's source column) or a text file with one "
+                   f"sentence per line in the source language (default: {DEFAULT_BENCH_TSV})")
     _add_model_arg(p, int8=False)
     p.add_argument("--sentences", type=int, default=200, metavar="N", help="sentences to decode (default: 200)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="torch CPU threads (default: 2)")
@@ -235,14 +237,16 @@ def _run_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .bench import run_bench
-    from .data import read_pairs
+    from .data import DataError, read_sources
     from .translator import load_translator
 
     torch.set_num_threads(args.threads)
     translator = load_translator(args.model)
     direction = f"{translator.source_lang}-{translator.target_lang}"
-    pairs = read_pairs(args.tsv, direction if direction in ("fr-en", "en-fr") else "fr-en", args.sentences)
-    run_bench(translator, [s for s, _ in pairs], Console(), tuple(args.batch_sizes), args.json, peers=not args.no_peers, block=args.block,
+    texts = read_sources(args.input, direction if direction in ("fr-en", "en-fr") else "fr-en", args.sentences)
+    if not texts:
+        raise DataError(f"{args.input}: no sentences to decode")
+    run_bench(translator, texts, Console(), tuple(args.batch_sizes), args.json, peers=not args.no_peers, block=args.block,
               app_check=not args.no_app, profile=not args.no_profile)
     return 0
 

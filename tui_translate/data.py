@@ -38,6 +38,24 @@ def read_pairs(path: str | Path, direction: str = "fr-en", limit: int = 0) -> li
     return pairs
 
 
+def read_sources(path: str | Path, direction: str = "fr-en", limit: int = 0) -> list[str]:
+    """Sentences to translate from a French<TAB>English file (the source column of `direction`) or from a
+    plain text file, one sentence per line in the source language (a file whose first non-empty line has no
+    tab). Empty lines are skipped."""
+    with open(path, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    if "\t" in first:
+        return [src for src, _ in read_pairs(path, direction, limit)]
+    sources = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                sources.append(line.strip())
+                if limit and len(sources) >= limit:
+                    break
+    return sources
+
+
 @dataclass
 class EncodedPairs:
     """Token ids of every pair, stored flat (no pickling): ids[offsets[i]:offsets[i+1]]."""
