@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import DecodeConfig
-from .model import Transformer
+from .model import StepOutput, Transformer
 
 
 @dataclass
@@ -172,10 +172,7 @@ def search(
     capacity = len(prefix) + max(max_new) + 1
 
     encoded = model.encode(src, need_weights=need_weights)
-    if k_beam > 1:
-        encoded.memory = encoded.memory.repeat_interleave(k_beam, 0)  # (N, S, D)
-        encoded.source_mask = encoded.source_mask.repeat_interleave(k_beam, 0)  # (N, S)
-    cache = model.start_cache(encoded, capacity)
+    cache = model.start_cache(encoded, capacity)  # one row per sentence until the first step is taken
     banned = _banned_ids(model)
     banned_bias = torch.zeros(mc.vocab_size, device=device)  # (V,) 0, or -inf at ids never generated
     banned_bias[banned] = float("-inf")
@@ -215,8 +212,14 @@ def search(
         hist.chosen_lp.append(chosen_lp)
 
     # -- forced prefix (and the first step): feed [start, p1..pP] at once -------------------------
-    inputs = torch.tensor([[mc.decoder_start_id] + prefix], device=device).expand(n, -1)  # (N, P+1)
+    # Every beam of a sentence starts from the same inputs, so this runs on one row per sentence; the rows
+    # (cache, cross-attention keys/values and outputs) are then copied to the K beams.
+    inputs = torch.tensor([[mc.decoder_start_id] + prefix], device=device).expand(b, -1)  # (B, P+1)
     out = model.decode_step(inputs, cache, need_weights)
+    if k_beam > 1:
+        beams = torch.arange(b, device=device).repeat_interleave(k_beam)  # (N,) row -> its sentence
+        cache.reorder(beams)
+        out = StepOutput(*(None if t is None else t.index_select(0, beams) for t in (out.logits, out.self_attention, out.cross_attention)))
     logp_all = F.log_softmax(out.logits.float(), dim=-1)  # (N, P+1, V)
     for j, tok in enumerate(prefix):
         record(out, j, logp_all[:, j])
