@@ -21,6 +21,7 @@ finally one `SearchDone`. Stop iterating to cancel.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -243,31 +244,38 @@ def search(
 
         if config.strategy == "beam":
             w = min(2 * k_beam, n_top)  # candidates per row
-            cand_lp = row_lp[:, :w].reshape(nb, k_beam * w)  # (B_alive, K*w) log p of each row's best tokens
             cand = (beam_scores[:, None] + row_lp[:, :w]).view(nb, k_beam * w)  # (B_alive, K*w) hypothesis scores
-            top_scores, top_idx = torch.topk(cand, 2 * k_beam, dim=-1)  # (B_alive, 2K)
-            top_beam = top_idx // w  # (B_alive, 2K)
-            top_tok = row_ids[:, :w].reshape(nb, k_beam * w).gather(1, top_idx)
-            top_lp = cand_lp.gather(1, top_idx)
-            is_eos = top_tok.eq(mc.eos_id)
-            # finished hypotheses: EOS among the first K candidates
-            for bi, ri in (is_eos[:, :k_beam] & torch.isfinite(top_scores[:, :k_beam])).nonzero().tolist():
-                row = bi * k_beam + int(top_beam[bi, ri])
-                s = float(top_scores[bi, ri]) / length_penalty(new_len, config.length_penalty)
-                finished[alive[bi]].append(_Final(s, position, row, mc.eos_id, float(top_lp[bi, ri]), True))
-            # next live beams: the best K non-EOS candidates, in score order
-            live_scores, live_rank = torch.topk(top_scores.masked_fill(is_eos, float("-inf")), k_beam, dim=-1)  # (B_alive, K)
-            parent = (torch.arange(nb, device=device)[:, None] * k_beam + top_beam.gather(1, live_rank)).view(n)  # (N,)
-            token = top_tok.gather(1, live_rank).view(n)  # (N,)
-            new_scores = live_scores.view(n)
-            chosen = top_lp.gather(1, live_rank).view(n)  # (N,)
+            top_scores, top_idx = torch.topk(cand, 2 * k_beam, dim=-1)  # (B_alive, 2K), best first
+            # The 2K best candidates of each sentence are few: the selection below runs on Python lists (a
+            # dozen tensor ops of a few µs each per step cost more than the loop over 2K numbers).
+            scores_l, idx_l = top_scores.tolist(), top_idx.tolist()
+            ids_l, lps_l = row_ids[:, :w].tolist(), row_lp[:, :w].tolist()  # (N, w) each
+            lp_now = length_penalty(new_len, config.length_penalty)
+            parent_l, token_l, score_l, chosen_l = [], [], [], []
+            for bi in range(nb):
+                live, ended = 0, []
+                for rank, (sc, idx) in enumerate(zip(scores_l[bi], idx_l[bi])):
+                    row, col = bi * k_beam + idx // w, idx % w
+                    tok, lp = ids_l[row][col], lps_l[row][col]
+                    if tok == mc.eos_id:
+                        # a finished hypothesis: EOS among the first K candidates
+                        if rank < k_beam and math.isfinite(sc):
+                            finished[alive[bi]].append(_Final(sc / lp_now, position, row, tok, lp, True))
+                        ended.append((row, tok, lp))
+                    elif live < k_beam:  # next live beams: the best K non-EOS candidates, in score order
+                        parent_l.append(row), token_l.append(tok), score_l.append(sc), chosen_l.append(lp)
+                        live += 1
+                for row, tok, lp in ended[: k_beam - live]:  # never more than K EOS among 2K; dead rows if so
+                    parent_l.append(row), token_l.append(tok), score_l.append(float("-inf")), chosen_l.append(lp)
+            parent = torch.tensor(parent_l, dtype=torch.long, device=device)  # (N,)
+            token = torch.tensor(token_l, dtype=torch.long, device=device)  # (N,)
+            new_scores = torch.tensor(score_l, dtype=beam_scores.dtype, device=device)  # (N,)
+            chosen = torch.tensor(chosen_l, dtype=row_lp.dtype, device=device)  # (N,)
             for bi, si in enumerate(alive):
                 if at_limit[bi]:  # length cap: the live beams end here, unfinished
-                    for kk in range(k_beam):
-                        r = bi * k_beam + kk
-                        if torch.isfinite(new_scores[r]):
-                            sc = float(new_scores[r]) / length_penalty(new_len, config.length_penalty)
-                            finished[si].append(_Final(sc, position, int(parent[r]), int(token[r]), float(chosen[r]), False))
+                    for r in range(bi * k_beam, (bi + 1) * k_beam):
+                        if math.isfinite(score_l[r]):
+                            finished[si].append(_Final(score_l[r] / lp_now, position, parent_l[r], token_l[r], chosen_l[r], False))
                     done[si] = True
                     continue
                 finished[si].sort(key=lambda f: -f.score)
@@ -277,7 +285,7 @@ def search(
                         done[si] = True
                     else:
                         # best score any live beam can still reach (exact for alpha >= 0)
-                        best_live = float(new_scores[bi * k_beam])
+                        best_live = score_l[bi * k_beam]
                         bound_len = max_new[si] + len(prefix) if config.length_penalty > 0 else new_len
                         bound = best_live / length_penalty(bound_len, config.length_penalty)
                         done[si] = bound <= finished[si][-1].score
