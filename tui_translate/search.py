@@ -251,9 +251,10 @@ def search(
             scores_l, idx_l = top_scores.tolist(), top_idx.tolist()
             ids_l, lps_l = row_ids[:, :w].tolist(), row_lp[:, :w].tolist()  # (N, w) each
             lp_now = length_penalty(new_len, config.length_penalty)
-            parent_l, token_l, score_l, chosen_l = [], [], [], []
+            picked: list[tuple[int, int, float, float]] = []  # per new row: (parent row, token, score, token log p)
             for bi in range(nb):
-                live, ended = 0, []
+                live: list[tuple[int, int, float, float]] = []
+                ended: list[tuple[int, int, float, float]] = []
                 for rank, (sc, idx) in enumerate(zip(scores_l[bi], idx_l[bi])):
                     row, col = bi * k_beam + idx // w, idx % w
                     tok, lp = ids_l[row][col], lps_l[row][col]
@@ -261,12 +262,13 @@ def search(
                         # a finished hypothesis: EOS among the first K candidates
                         if rank < k_beam and math.isfinite(sc):
                             finished[alive[bi]].append(_Final(sc / lp_now, position, row, tok, lp, True))
-                        ended.append((row, tok, lp))
-                    elif live < k_beam:  # next live beams: the best K non-EOS candidates, in score order
-                        parent_l.append(row), token_l.append(tok), score_l.append(sc), chosen_l.append(lp)
-                        live += 1
-                for row, tok, lp in ended[: k_beam - live]:  # never more than K EOS among 2K; dead rows if so
-                    parent_l.append(row), token_l.append(tok), score_l.append(float("-inf")), chosen_l.append(lp)
+                        ended.append((row, tok, float("-inf"), lp))
+                    elif len(live) < k_beam:  # next live beams: the best K non-EOS candidates, in score order
+                        live.append((row, tok, sc, lp))
+                # a row's tokens are distinct, so at most K of the 2K are EOS and K live beams are found; were
+                # it otherwise, EOS candidates would fill the beam as dead (-inf) rows
+                picked += live + ended[: k_beam - len(live)]
+            parent_l, token_l, score_l, chosen_l = (list(col) for col in zip(*picked))
             parent = torch.tensor(parent_l, dtype=torch.long, device=device)  # (N,)
             token = torch.tensor(token_l, dtype=torch.long, device=device)  # (N,)
             new_scores = torch.tensor(score_l, dtype=beam_scores.dtype, device=device)  # (N,)
