@@ -106,3 +106,18 @@ def test_bench_input_is_a_tsv_or_a_text_file(tmp_path, model_dir):
     empty.write_text("\n\n", encoding="utf-8")
     proc = cli("bench", "--model", str(model_dir), "--input", str(empty), "--no-peers", check=False)
     assert proc.returncode == 2 and "no sentences" in proc.stderr.decode()
+
+
+def test_app_decodes_on_all_cores_but_one(monkeypatch):
+    import torch
+
+    from tui_translate.translator import interactive_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        for cores, want in ((1, 1), (2, 1), (4, 3), (16, 4)):  # never more than torch's own setting
+            monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+            assert interactive_threads() == want
+    finally:
+        torch.set_num_threads(before)

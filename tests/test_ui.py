@@ -332,3 +332,35 @@ async def test_inspector_stays_on_first_sentence_and_gc_is_kept_short(tmp_path, 
             assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+async def test_finished_sentences_of_a_long_paste_are_shown_together(tmp_path, monkeypatch):
+    """Showing a finished sentence lays out the whole transcript, so during a long paste finished sentences
+    are shown in batches (at most every DONE_INTERVAL) and all of them at once when the request ends."""
+    import tui_translate.ui.app as app_module
+
+    monkeypatch.setattr(app_module, "DONE_INTERVAL", 60.0)  # no timer flush inside the test: only the edges
+    app = make_app(tmp_path)
+    batches: list[list[int]] = []
+    original = app._flush_done
+
+    def flush() -> None:
+        if app._done_pending:
+            batches.append([ex.id for ex in app._done_pending])
+        original()
+
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        monkeypatch.setattr(app, "_flush_done", flush)
+        text = " ".join(["Le chat dort.", "Il est petit !", "Je suis étudiant.", "Le chat est bon.", "Il dort."])
+        app.query_one("#prompt").value = text
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(app.exchanges) == 5 and all(e.status == "done" for e in app.exchanges))
+        await pilot.pause()
+        ids = [e.id for e in app.exchanges]
+        # the first sentence at once, the three middle ones held back, then everything with the last
+        assert batches == [ids[:1], ids[1:]] and app._done_pending == [] and app._done_timer is None
+        for ex in app.exchanges:  # every view shows its tokens, none is left "translating…"
+            view = app.query_one(f"#ex-{ex.id}")
+            assert [s.hypothesis.text for s in view.query(TokenStrip)] == [ex.text]
+        assert app.selection == (ids[0], 0, 0)

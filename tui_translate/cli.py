@@ -24,7 +24,7 @@ def _add_model_arg(p: argparse.ArgumentParser, int8: bool = True) -> None:
                    help=f"model directory (default: {default_model_dir()})")
     if int8:
         p.add_argument("--int8", action="store_true",
-                       help="decode with int8 weights (dynamic quantization: faster, slightly less accurate)")
+                       help="decode with int8 weights (per-channel int8: faster, the same BLEU on the default model's valid set)")
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_app_args(p: argparse.ArgumentParser) -> None:
     _add_model_arg(p)
     p.add_argument("--clean", action="store_true", help="start with an empty transcript and history (nothing is loaded or saved)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch CPU threads for decoding (default: all cores but one, left to the interface)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,9 +224,9 @@ def _run_app(args: argparse.Namespace) -> int:
     models = [p.resolve() for p in available_models()]
 
     def loader(path: Path):
-        from .translator import load_translator
+        from .translator import interactive_threads, load_translator
 
-        return load_translator(path, int8=args.int8)
+        return load_translator(path, threads=args.threads or interactive_threads(), int8=args.int8)
 
     store = Store(None if args.clean else data_dir())
     app = TranslateApp(loader, model, models, store=store, export_dir=data_dir() / "exports")

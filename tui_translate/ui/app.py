@@ -41,6 +41,7 @@ from .widgets.inspector import AGGREGATES, MATRIX_KINDS, AttentionGrid, MatrixVi
 WIDE_COLUMNS = 120
 LIVE_DEBOUNCE_S = 0.35
 MAX_INPUT_CHARS = 5000
+DONE_INTERVAL = 0.1  # seconds: finished sentences of a long request are shown together, at most this often
 PROGRESS_INTERVAL = 1 / 30  # seconds between redraws of a growing translation
 GC_EVERY_SENTENCES = 50  # see TranslateApp._keep_gc_pauses_short
 GC_IDLE_SECONDS = 3.0
@@ -134,6 +135,9 @@ class TranslateApp(App):
         self._latest_progress: TranslationProgress | None = None
         self._progress_posted = False
         self._sentences_since_collect = 0
+        self._done_pending: list[Exchange] = []  # finished sentences not yet shown (see on_translation_done)
+        self._done_timer: Timer | None = None
+        self._last_done_flush = 0.0
         self.set_reactive(TranslateApp.decode_config, decode_config or DecodeConfig())
 
     # -- layout ---------------------------------------------------------------------------------
@@ -249,6 +253,7 @@ class TranslateApp(App):
             except ValueError as e:
                 self.notify(str(e), severity="error", timeout=8)
                 return []
+        self._flush_done()  # the previous request's finished sentences are shown before it is superseded
         for ex in self.running:
             if ex.status == "running":
                 ex.status = "cancelled"
@@ -340,15 +345,38 @@ class TranslateApp(App):
             return
         ex.translation = message.translation
         ex.status = "done"
-        self._refresh_view(ex)
+        # Showing a finished sentence re-lays out the whole transcript (about 15 ms with 60 exchanges on the
+        # 2-core VM, 30 ms while the decoder competes for the interpreter); a long paste finishes a sentence
+        # every few tens of ms, which kept the UI thread in layouts and keystrokes waiting behind them. So
+        # finished sentences are shown together, at most every DONE_INTERVAL, and at once when the request ends.
+        self._done_pending.append(ex)
+        since = time.monotonic() - self._last_done_flush
+        if since >= DONE_INTERVAL or all(e.status != "running" for e in self.running):
+            self._flush_done()
+        elif self._done_timer is None:
+            self._done_timer = self.set_timer(DONE_INTERVAL - since, self._flush_done)
+
+    def _flush_done(self) -> None:
+        if self._done_timer is not None:
+            self._done_timer.stop()
+            self._done_timer = None
+        pending, self._done_pending = self._done_pending, []
+        if not pending:
+            return
+        self._last_done_flush = time.monotonic()
+        for ex in pending:
+            self._refresh_view(ex)
         self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
         self._save_transcript()
-        self._keep_gc_pauses_short(request_finished=all(e.status != "running" for e in self.running))
-        # The inspector follows the first finished sentence of a request; later sentences of a
-        # long paste do not yank it away (and do not re-render it each time).
-        selected_here = self.selection is not None and any(e.id == self.selection[0] for e in self.running)
-        if message.translation.hypotheses and message.translation.best.pieces and not selected_here:
-            self.select_token(ex.id, 0, 0)
+        request_finished = all(e.status != "running" for e in self.running)
+        for ex in pending:
+            self._keep_gc_pauses_short(request_finished=request_finished)
+            # The inspector follows the first finished sentence of a request; later sentences of a
+            # long paste do not yank it away (and do not re-render it each time).
+            selected_here = self.selection is not None and any(e.id == self.selection[0] for e in self.running)
+            t = ex.translation
+            if t is not None and t.hypotheses and t.best.pieces and not selected_here:
+                self.select_token(ex.id, 0, 0)
 
     def _keep_gc_pauses_short(self, request_finished: bool) -> None:
         """Python's full garbage collections traverse every live object; with the libraries, the

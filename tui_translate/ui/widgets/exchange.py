@@ -169,10 +169,22 @@ class ExchangeView(Vertical):
     def update_partial(self, text: str, step: int) -> None:
         self.exchange.partial = text
         try:
-            self.query_one(".partial", Static).update(Text(text or "…", style="italic"))
-            self.query_one(".meta", Static).update(f"{self.exchange.model} · {self.exchange.label} · translating… step {step}")
+            partial, meta = self.query_one(".partial", Static), self.query_one(".meta", Static)
         except Exception:
             self.refresh_exchange()
+            return
+        _set_text(partial, Text(text or "…", style="italic"))
+        _set_text(meta, Text(f"{self.exchange.model} · {self.exchange.label} · translating… step {step}"))
 
     def strips(self) -> list[TokenStrip]:
         return list(self.query(TokenStrip))
+
+
+def _set_text(widget: Static, text: Text) -> None:
+    """Update a Static, with a layout pass only when the new text wraps to a different height.
+
+    A layout arranges every widget of the transcript (about 30 ms with 60 exchanges on the 2-core VM);
+    taken at every decoding step it delayed keystrokes by up to 65 ms while tokens streamed in."""
+    width, height = widget.content_size
+    same_height = width > 0 and len(text.wrap(widget.app.console, width)) == height
+    widget.update(text, layout=not same_height)
