@@ -490,7 +490,7 @@ class TranslateApp(App):
         self.selection = (exchange_id, hypothesis, token)
         view = self._view(ex)
         for other in self.query(TokenStrip):
-            mine = view is not None and other.parent is not None and other.parent.parent is view and other.index == hypothesis
+            mine = view is not None and other.parent is view and other.index == hypothesis
             other.selected = token if mine else -1
         self._update_inspector()
 

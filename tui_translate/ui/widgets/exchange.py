@@ -131,8 +131,9 @@ class ExchangeView(Vertical):
         self.exchange = exchange
 
     def compose(self) -> ComposeResult:
+        # source, then the body (token strips, or a partial / note / restored text), then the meta line; the
+        # body sits directly in this container: every widget on screen costs time at each layout pass
         yield Static(Text("› ", style="bold") + Text(self.exchange.source), classes="source")
-        yield Vertical(classes="hypotheses")
         yield Static(classes="meta")
 
     def on_mount(self) -> None:
@@ -140,30 +141,31 @@ class ExchangeView(Vertical):
 
     def refresh_exchange(self) -> None:
         ex = self.exchange
-        box = self.query_one(".hypotheses", Vertical)
         meta = self.query_one(".meta", Static)
-        box.remove_children()
+        for child in list(self.children):
+            if child is not meta and not child.has_class("source"):
+                child.remove()
         if ex.translation is not None and ex.translation.hypotheses and ex.translation.best.pieces:
             t = ex.translation
             strips = []
             for i, h in enumerate(t.hypotheses):
                 rank = f"{i + 1}. " if len(t.hypotheses) > 1 else ""
                 strips.append(TokenStrip(ex.id, i, h, rank, classes="tokens" + (" nbest" if i else "")))
-            box.mount_all(strips)
+            self.mount_all(strips, before=meta)
             score = f" · score {t.best.score:.3f}"
             extra = "" if t.best.finished else " · stopped at the length limit"
             nb = f" · {len(t.hypotheses)}-best" if len(t.hypotheses) > 1 else ""
             meta.update(f"{ex.model} · {ex.label} · {t.elapsed_s * 1000:.0f} ms{score}{nb}{extra}")
         elif ex.translation is not None:
-            box.mount(Static(Text(ex.translation.note or "(nothing to translate)", style="italic"), classes="note"))
+            self.mount(Static(Text(ex.translation.note or "(nothing to translate)", style="italic"), classes="note"), before=meta)
             meta.update(f"{ex.model} · {ex.label}")
         elif ex.status == "restored":
             click = Style(meta={"@click": f"app.retranslate({ex.id})"})
-            box.mount(Static(Text(ex.restored_text, style=click), classes="restored"))
+            self.mount(Static(Text(ex.restored_text, style=click), classes="restored"), before=meta)
             meta.update(f"{ex.model} · {ex.label} · from an earlier session (click it to translate again and inspect)")
         else:
             status = {"running": "translating…", "cancelled": "cancelled", "failed": f"failed: {ex.error}"}.get(ex.status, ex.status)
-            box.mount(Static(Text(ex.partial or "…", style="italic"), classes="partial"))
+            self.mount(Static(Text(ex.partial or "…", style="italic"), classes="partial"), before=meta)
             meta.update(f"{ex.model} · {ex.label} · {status}")
 
     def update_partial(self, text: str, step: int) -> None:
