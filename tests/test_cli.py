@@ -26,6 +26,12 @@ def test_translate_argument(model_dir, translator):
     assert out == translator.translate("je suis étudiant").text + "\n"
 
 
+def test_several_sentences_in_arguments_are_translated_one_by_one(model_dir, translator):
+    # typed without capitals, as people do: still two sentences, each translated on its own
+    out = cli("translate", "--model", str(model_dir), "je suis étudiant.", "le chat dort.").stdout.decode()
+    assert out == translator.translate("je suis étudiant.").text + " " + translator.translate("le chat dort.").text + "\n"
+
+
 def test_stdin_one_line_per_input_line(model_dir, translator):
     lines = ["le chat dort", "", "je suis étudiant", "   ", "il est petit"]
     data = ("\n".join(lines) + "\n").encode()

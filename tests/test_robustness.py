@@ -75,6 +75,11 @@ def test_sentence_splitter():
         "Mr. Smith left.", 'He said "Hi."', "Then J. K. Rowling wrote e.g. this.", "OK?"]
     assert split_sentences("no punctuation at all") == ["no punctuation at all"]
     assert split_sentences("Il a 3 ans. 4 ans plus tard, rien.") == ["Il a 3 ans.", "4 ans plus tard, rien."]
+    # typed without capitals: a full stop before lower case ends the sentence, known abbreviations still do not
+    assert split_sentences("je suis étudiant. il pleut aujourd'hui. voir m. dupont.") == [
+        "je suis étudiant.", "il pleut aujourd'hui.", "voir m. dupont."]
+    # in capitalised text it does not (an abbreviation the list does not know)
+    assert split_sentences("It is 5 km. and more. Fine.") == ["It is 5 km. and more.", "Fine."]
 
 
 def test_long_input_is_split_and_translated_in_order(translator):

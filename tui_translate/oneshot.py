@@ -57,16 +57,18 @@ def run_translate(args: argparse.Namespace) -> int:
             print(json.dumps(t.to_dict(attention=want_attention), ensure_ascii=False))
         else:
             print(t.text)
-            if want_attention and t.hypotheses and t.best.attention is not None:
-                sys.stdout.flush()
-                out.print(heatmap(t, args.layer, args.head))
+            for part in (t.segments or [t]) if want_attention else []:  # one heatmap per sentence
+                if part.hypotheses and part.best.attention is not None:
+                    sys.stdout.flush()
+                    out.print(heatmap(part, args.layer, args.head))
             if nbest_lines:
                 for k, h in enumerate(t.hypotheses[1:], 2):
                     print(f"  {k}. {h.text}\t({h.score:.3f})")
 
     if args.text:
-        # arguments: n-best lines follow the best one; standard input keeps one line per input (use --json for n-best)
-        emit(translator.translate(" ".join(args.text), config, attention=want_attention), nbest_lines=True)
+        # arguments: n-best lines follow the best one; standard input keeps one line per input (use --json for n-best).
+        # Several sentences are translated one by one, as on standard input and in the app.
+        emit(translator.translate_batch([" ".join(args.text)], config, attention=want_attention)[0], nbest_lines=True)
         return 0
 
     lines = list(read_stdin_lines(sys.stdin.buffer, err))

@@ -4,7 +4,8 @@ A boundary is sentence-final punctuation (. ! ? … possibly repeated, possibly
 preceded by the French space), optionally followed by closing quotes or
 brackets, then whitespace, then something that can start a sentence (after a full stop:
 an upper-case letter or a digit, possibly behind an opening quote, bracket,
-¿ ¡ or a dash; after ! ? … lower case too, as people type it).
+¿ ¡ or a dash, or lower case when the sentence before it started in lower case
+too (text typed without capitals); after ! ? … lower case too, as people type it).
 It is not a boundary after a known abbreviation (M. Mme Dr. etc. e.g. …),
 after a single capital letter (initials: J. K. Rowling), or inside numbers
 (3.14, 1.000.000 have no space after the point).
@@ -45,6 +46,12 @@ def _is_abbreviation(text_before: str) -> bool:
     return len(word) == 1 and word.isalpha() and m.group(1)[0].isupper()  # an initial: "J. K. Rowling"
 
 
+def _starts_lower(piece: str) -> bool:
+    """The piece's first letter is lower case (its writer does not capitalise sentences)."""
+    first = next((c for c in piece if c.isalpha()), "")
+    return first.islower()
+
+
 def split_sentences(text: str) -> list[str]:
     """Split `text` into sentences; whitespace between them is dropped, nothing else is lost."""
     pieces: list[str] = []
@@ -53,8 +60,13 @@ def split_sentences(text: str) -> list[str]:
         end_punct = m.group("end")
         if end_punct.strip() == ".":
             nxt = text[m.end("space") :].lstrip("«\"“‘'([¿¡-–— ")
-            if _is_abbreviation(text[start : m.start("end")]) or (nxt[:1].islower()):
-                continue  # "M. Dupont", "etc. and so on": a point before lower case does not end a sentence
+            before = text[start : m.start("end")]
+            if _is_abbreviation(before):
+                continue  # "M. Dupont", "e.g. this"
+            if nxt[:1].islower() and not _starts_lower(before):
+                continue  # "it costs 5 euros approx. and more": in capitalised text, a point before lower case
+            # does not end a sentence; someone who types all in lower case ("je suis étudiant. il pleut.") does
+            # mean two sentences, and one merged segment loses the second in translation
         stop = m.end("close")
         piece = text[start:stop].strip()
         if piece:
