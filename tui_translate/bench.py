@@ -41,7 +41,6 @@ class Measure:
     batch: int
     seconds: list[float] = field(default_factory=list)  # per call (one sentence at batch 1, one batch otherwise)
     sizes: list[int] = field(default_factory=list)  # sentences per call
-    target_tokens: int = 0
     tokens: list[int] = field(default_factory=list)  # output tokens per call
     first_token: list[float] = field(default_factory=list)
 
@@ -61,7 +60,7 @@ class Measure:
             "engine": self.engine, "strategy": self.strategy, "batch": self.batch,
             "median_ms_per_sentence": round(statistics.median(per_sentence), 2),
             "p90_ms_per_sentence": round(per_sentence[min(len(per_sentence) - 1, int(0.9 * len(per_sentence)))], 2),
-            "target_tokens_per_s": round(self.target_tokens / total, 1) if total else None,
+            "target_tokens_per_s": round(sum(self.tokens) / total, 1) if total else None,
             "first_token_ms": round(statistics.median(self.first_token) * 1000, 2) if self.first_token else None,
             "sentences": sum(self.sizes),
             "ms_per_output_token": fit[0] if fit else None,
@@ -452,7 +451,6 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
                         for seconds, n_sent, n_tok, first in workers.run(name, strategy, chunk_block):
                             m.seconds.append(seconds)
                             m.sizes.append(n_sent)
-                            m.target_tokens += n_tok
                             m.tokens.append(n_tok)
                             if first is not None and bs == 1:
                                 m.first_token.append(first)

@@ -80,7 +80,7 @@ class _Pack:
         self.bias = bias  # (ΣD_out,) | None
         self.onednn: Tensor | None = None  # the weight reordered for oneDNN, built on first multi-row use
         self.int8 = None  # fbgemm-packed int8 weight (per-output-channel scales), built on first int8 use
-        self.split: tuple[Tensor, Tensor] | None = None  # column blocks (s, D_in, ΣD_out/s) + bias, for one-row products
+        self.split: tuple[Tensor, Tensor] | None = None  # column blocks (s, D_in, ΣD_out/s) + bias (s, 1, ΣD_out/s)
         self.w8: tuple[Tensor, Tensor] | None = None  # int8 (ΣD_out, D_in) + bf16 per-row scales, for one-row int8 products
 
     def multiply_int8(self, flat: Tensor) -> Tensor:
@@ -139,7 +139,9 @@ class _Pack:
                     self.split = (blocks, bias.view(_ROW_SPLITS, 1, n // _ROW_SPLITS).contiguous())
             blocks, bias = self.split
             out = torch.baddbmm(bias, flat.expand(_ROW_SPLITS, rows, flat.size(1)), blocks)  # (s, rows, ΣD_out/s), blocks in order
-            return out.view(1, -1) if rows == 1 else out.transpose(0, 1).reshape(rows, -1)
+            if rows == 1:  # the decoding hot path: one view instead of transpose + reshape (2.5 vs 5.2 µs, 19 per step)
+                return out.view(1, -1)
+            return out.transpose(0, 1).reshape(rows, -1)  # (rows, ΣD_out)
         if rows > 1 and _onednn_ok and flat.dtype == torch.float32 and flat.device.type == "cpu":
             try:
                 if self.onednn is None:

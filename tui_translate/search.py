@@ -268,7 +268,7 @@ def search(
                 # a row's tokens are distinct, so at most K of the 2K are EOS and K live beams are found; were
                 # it otherwise, EOS candidates would fill the beam as dead (-inf) rows
                 picked += live + ended[: k_beam - len(live)]
-            parent_l, token_l, score_l, chosen_l = (list(col) for col in zip(*picked))
+            parent_l, token_l, score_l, chosen_l = zip(*picked)
             parent = torch.tensor(parent_l, dtype=torch.long, device=device)  # (N,)
             token = torch.tensor(token_l, dtype=torch.long, device=device)  # (N,)
             new_scores = torch.tensor(score_l, dtype=beam_scores.dtype, device=device)  # (N,)

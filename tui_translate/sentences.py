@@ -63,10 +63,11 @@ def split_sentences(text: str) -> list[str]:
             before = text[start : m.start("end")]
             if _is_abbreviation(before):
                 continue  # "M. Dupont", "e.g. this"
+            # In capitalised text a point before lower case does not end a sentence ("5 km. and more");
+            # someone who types all in lower case ("je suis étudiant. il pleut.") does mean two sentences,
+            # and one merged segment loses the second in translation.
             if nxt[:1].islower() and not _starts_lower(before):
-                continue  # "it costs 5 euros approx. and more": in capitalised text, a point before lower case
-            # does not end a sentence; someone who types all in lower case ("je suis étudiant. il pleut.") does
-            # mean two sentences, and one merged segment loses the second in translation
+                continue
         stop = m.end("close")
         piece = text[start:stop].strip()
         if piece:

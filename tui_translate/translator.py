@@ -6,6 +6,7 @@ objects made of lists and numpy arrays.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -217,8 +218,6 @@ def interactive_threads() -> int:
     beam search decodes in the app: with 2 threads p90 38 ms / p99 65 ms (both cores busy with torch, one
     thread spinning between products), with 1 thread p90 2.3 ms / p99 40 ms; one-sentence decoding is
     about 10% slower with 1 thread (most one-row work is single-threaded anyway)."""
-    import os
-
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
 
 
