@@ -33,6 +33,32 @@ def test_cached_decoding_equals_full_forward(tokenizer, norm, layout):
     torch.testing.assert_close(torch.cat([block, *rest], 1), full, atol=1e-5, rtol=0)
 
 
+def test_cache_through_many_reorders_equals_full_forward(tokenizer):
+    """Rows copied to beams, permuted, duplicated and dropped over several steps (the cache swaps between
+    two buffers, reusing the spare one and a view of it when rows shrink): every step's logits still
+    equal the uncached forward pass over each row's own history and source."""
+    model = make_model(tokenizer, final_logits_bias=True)
+    src, tgt = _batch(model)
+    # per step: the rows to keep, as indices into the current rows (None: no reorder)
+    orders = [None, [0, 0, 0, 1, 1, 1], [2, 0, 1, 5, 3, 3], None, [1, 1, 4, 5], [3, 0, 2], [2, 2, 0]]
+    with torch.inference_mode():
+        cache = model.start_cache(model.encode(src), capacity=tgt.size(1))
+        rows = torch.arange(src.size(0))  # each cache row's sentence
+        history = torch.empty(src.size(0), 0, dtype=torch.long)  # each cache row's decoder inputs so far
+        for i, order in enumerate(orders):
+            if order is not None:
+                index = torch.tensor(order)
+                cache.reorder(index, same_source=bool(rows[index].eq(rows).all()) if index.numel() == rows.numel() else False)
+                rows, history = rows[index], history[index]
+            token = tgt[rows, i]  # each row's next input: its sentence's target, varied per row below
+            token = (token + torch.arange(rows.numel())) % model.config.vocab_size  # rows of one sentence differ
+            history = torch.cat([history, token[:, None]], 1)
+            step = model.decode_step(token[:, None], cache).logits[:, 0]  # (N, V)
+            full = model(src[rows], history)[:, -1]  # (N, V) the uncached reference
+            torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
+        assert cache.spare is not None and cache.self_kv.data_ptr() != cache.spare.data_ptr()
+
+
 @pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("int8", [False, True])
 @pytest.mark.parametrize("rows", [1, 2])
