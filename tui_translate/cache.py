@@ -11,6 +11,7 @@ Beam search reorders hypotheses through `reorder(beam_idx)` and nothing else.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .attention import key_padding_mask
@@ -67,14 +68,16 @@ class KVCache:
         The rows are gathered into a second buffer, and the old one is kept as the spare for the next
         reorder: beam search reorders at every step, and a fresh buffer each time is a fresh allocation
         the size of the whole cache (49 MB for 32 sentences × 5 beams), which the allocator maps anew
-        and the copy then faults in page by page (measured: 35% of batch-32 beam decoding).
+        and the copy then faults in page by page. Measured on 320 valid sentences, batch 32, beam 5 (2-core
+        VM): reordering 1.03 -> 0.67 ms per sentence of about 7.5.
         """
         old = self.self_kv
         n_new = index.numel()
         spare = self.spare if self.spare is not None and self.spare.size(2) >= n_new else old.new_empty(
             *old.shape[:2], n_new, *old.shape[3:])
         new = spare[:, :, :n_new]  # (L, 2, N_new, H, T_max, d_k), a view when the spare has more rows
-        new[..., : self.length, :] = old[..., : self.length, :].index_select(2, index)  # filled part only
+        # the filled part only, gathered straight into the new buffer (no temporary)
+        torch.index_select(old[..., : self.length, :], 2, index, out=new[..., : self.length, :])
         self.self_kv, self.spare = new, old
         if not same_source:
             self.cross_kv = self.cross_kv.index_select(2, index)
