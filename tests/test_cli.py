@@ -127,3 +127,17 @@ def test_app_decodes_on_all_cores_but_one(monkeypatch):
             assert interactive_threads() == want
     finally:
         torch.set_num_threads(before)
+
+
+def test_loading_a_translator_takes_startup_objects_out_of_the_collectors_view(model_dir):
+    """Full garbage collections during decoding must not traverse torch's and the model's objects."""
+    import gc
+
+    from tui_translate.translator import load_translator
+
+    gc.unfreeze()
+    try:
+        load_translator(model_dir)
+        assert gc.get_freeze_count() > 10_000  # torch alone is tens of thousands of objects
+    finally:
+        gc.unfreeze()

@@ -26,7 +26,7 @@ from .atomic import write_text
 from .config import DecodeConfig
 from .linear import set_int8
 from .search import SearchStep, pad_batch, search
-from .translator import Translator
+from .translator import Translator, freeze_startup_objects
 
 # Beam search stops once 5 hypotheses have finished in every engine: CTranslate2's rule (patience 1),
 # transformers' early_stopping=True and this project's early_stopping, so all do the same amount of work.
@@ -202,6 +202,7 @@ def _worker(conn, specs: dict[str, tuple], threads: int) -> None:
     torch.set_num_threads(threads)
     try:
         engines = {name: _build_engine(spec) for name, spec in specs.items()}
+        freeze_startup_objects()  # every library's objects, as the CLI and the app do with theirs
         conn.send(("ready", None))
     except Exception as e:  # reported by the parent as a skipped engine
         conn.send(("error", f"{type(e).__name__}: {e}"))

@@ -286,6 +286,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model_dir
     from .data import read_pairs
     from .evaluate import evaluate_pairs
+    from .translator import freeze_startup_objects
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -294,6 +295,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         from .linear import set_int8
 
         set_int8(loaded.model, True)
+    freeze_startup_objects()
     direction = args.direction or f"{loaded.meta.get('source_lang', 'fr')}-{loaded.meta.get('target_lang', 'en')}"
     pairs = read_pairs(args.tsv, direction, args.limit)
     err = Console(stderr=True)

@@ -6,6 +6,7 @@ objects made of lists and numpy arrays.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -224,4 +225,14 @@ def interactive_threads() -> int:
 def load_translator(path: str | Path | None = None, threads: int = 0, int8: bool = False) -> Translator:
     from .paths import default_model_dir
 
-    return Translator.load(path or default_model_dir(), threads, int8)
+    translator = Translator.load(path or default_model_dir(), threads, int8)
+    freeze_startup_objects()
+    return translator
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now (torch, the model, the tokenizer: about 170,000 of them) out of the
+    garbage collector's view. Decoding allocates many small objects, which triggers Python's full
+    collections now and then, and each traversed them all: one pause of 95 ms every 320 sentences at
+    batch 32 beam 5 (0.3 ms per sentence; measured with gc.callbacks). Nothing frozen is ever freed."""
+    gc.freeze()
