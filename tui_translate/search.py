@@ -174,7 +174,7 @@ def search(
 
     encoded = model.encode(src, need_weights=need_weights)
     cache = model.start_cache(encoded, capacity)  # one row per sentence until the first step is taken
-    banned = _banned_ids(model)
+    banned = torch.tensor(_banned_ids(model), dtype=torch.long, device=device)
     banned_bias = torch.zeros(mc.vocab_size, device=device)  # (V,) 0, or -inf at ids never generated
     banned_bias[banned] = float("-inf")
     hist = _History()
@@ -197,7 +197,8 @@ def search(
 
     def record(out, t_index: int, logp: Tensor) -> tuple[Tensor, Tensor]:
         """Keep position t_index's alternatives (and attention); return the rows' best (log-probs, ids), (N, n_top) each."""
-        top_lp, top_ids = torch.topk(logp + banned_bias, n_top, dim=-1)  # (N, n_top)
+        logp.index_fill_(-1, banned, float("-inf"))  # ids never generated; in place: nothing reads these ids later
+        top_lp, top_ids = torch.topk(logp, n_top, dim=-1)  # (N, n_top)
         hist.alt_ids.append(top_ids[:, :n_alt])
         hist.alt_lp.append(top_lp[:, :n_alt])
         if need_weights:
