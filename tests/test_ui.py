@@ -364,3 +364,58 @@ async def test_finished_sentences_of_a_long_paste_are_shown_together(tmp_path, m
             view = app.query_one(f"#ex-{ex.id}")
             assert [s.hypothesis.text for s in view.query(TokenStrip)] == [ex.text]
         assert app.selection == (ids[0], 0, 0)
+
+
+async def test_transcript_keeps_at_most_the_visible_limit_on_screen(tmp_path, monkeypatch):
+    """A restored transcript longer than the limit shows only its newest exchanges (every layout costs time in
+    proportion to the widgets on screen), and new requests, even two in quick succession or a paste longer
+    than the limit, never leave more than the limit mounted; all exchanges stay in the transcript."""
+    import tui_translate.ui.app as app_module
+    from tui_translate.ui.widgets.exchange import ExchangeView
+
+    monkeypatch.setattr(app_module, "MAX_VISIBLE_EXCHANGES", 4)
+    store = Store(tmp_path / "data")
+    store.save_transcript([{"source": f"phrase {i}", "translation": f"sentence {i}", "strategy": "greedy", "model": "fr-en"}
+                           for i in range(10)])
+    app = make_app(tmp_path, store=True)
+
+    def shown() -> list[str]:
+        return [v.exchange.source for v in app.query(ExchangeView) if v.display]
+
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.pause()
+        assert len(app.exchanges) == 10 and shown() == [f"phrase {i}" for i in range(6, 10)]
+        await submit(pilot, app, "le chat dort")
+        assert shown() == ["phrase 7", "phrase 8", "phrase 9", "le chat dort"]
+        await wait_for(pilot, lambda: app.translator is not None)
+        for text in ("Il dort. Le chat dort.", "Le chat dort. Il est petit ! Je suis étudiant. Il dort. Bonjour."):
+            app.query_one("#prompt").value = text
+            await pilot.press("enter")  # the second request supersedes the first before it is laid out
+        await wait_for(pilot, lambda: app.exchanges[-1].status == "done")
+        await pilot.pause()
+        assert shown() == ["Il est petit !", "Je suis étudiant.", "Il dort.", "Bonjour."]
+        assert len(list(app.query(ExchangeView))) == 4 and len(app.exchanges) == 10 + 1 + 2 + 5
+
+
+async def test_typing_in_the_prompt_scrolls_it_without_laying_out_the_screen(tmp_path, monkeypatch):
+    """Textual's input changes its virtual size at every key; in the prompt that only repaints (a layout of the
+    screen per key cost 25-30 ms with a full transcript), and long text still scrolls to the cursor."""
+    from textual.screen import Screen
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(60, 32)) as pilot:
+        await submit(pilot, app, "le chat dort")
+        await pilot.pause()
+        layouts = []
+        original = Screen._refresh_layout
+        monkeypatch.setattr(Screen, "_refresh_layout", lambda self, *a, **k: (layouts.append(1), original(self, *a, **k))[1])
+        prompt = app.query_one("#prompt")
+        prompt.focus()
+        await pilot.press(*("abcdefghij" * 9))
+        await pilot.pause()
+        assert prompt.value == "abcdefghij" * 9
+        assert len(layouts) <= 2, len(layouts)  # was one per key
+        assert prompt.scroll_x > 0 and prompt.cursor_position == 90  # scrolled to keep the cursor in view
+        await pilot.press("home")
+        await pilot.pause()
+        assert prompt.scroll_x == 0
