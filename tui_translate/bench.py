@@ -481,7 +481,8 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
     fits = [r for r in rows if r["ms_per_output_token"] is not None]
     if fits:
         console.print("batch 1, least-squares fit of ms per sentence = fixed + per token × output tokens: " + "; ".join(
-            f"{r['engine']} {r['strategy']} {r['ms_per_output_token']:.2f} ms/token + {r['ms_fixed_per_sentence']:.1f} ms" for r in fits))
+            f"{r['engine']} {r['strategy']} {r['ms_per_output_token']:.2f} ms/token "
+            f"{'-' if r['ms_fixed_per_sentence'] < 0 else '+'} {abs(r['ms_fixed_per_sentence']):.1f} ms" for r in fits))
     console.print("training step tokens/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in train.items()))
     if app:
         console.print(f"app: first frame {app['first_frame_ms']:.0f} ms, model ready {app['model_ready_ms']:.0f} ms, "
