@@ -174,9 +174,7 @@ def search(
 
     encoded = model.encode(src, need_weights=need_weights)
     cache = model.start_cache(encoded, capacity)  # one row per sentence until the first step is taken
-    banned = torch.tensor(_banned_ids(model), dtype=torch.long, device=device)
-    banned_bias = torch.zeros(mc.vocab_size, device=device)  # (V,) 0, or -inf at ids never generated
-    banned_bias[banned] = float("-inf")
+    banned = torch.tensor(_banned_ids(model), dtype=torch.long, device=device)  # ids never generated
     hist = _History()
     generators = None
     if config.strategy == "sample":
@@ -297,7 +295,7 @@ def search(
                 token, chosen = row_ids[:, 0], row_lp[:, 0]  # (N,) the most probable id that may be emitted
             else:
                 filt = _filter_logits(raw_logits / config.temperature, config.top_k, config.top_p)
-                filt = filt + banned_bias
+                filt.index_fill_(-1, banned, float("-inf"))  # filt is a new tensor (the logits / temperature)
                 probs = filt.softmax(-1).cpu()
                 token = torch.stack(
                     [torch.multinomial(probs[r], 1, generator=generators[si]).squeeze(0) for r, si in enumerate(alive)]

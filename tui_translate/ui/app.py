@@ -386,9 +386,8 @@ class TranslateApp(App):
             self._refresh_view(ex)
         self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
         self._save_transcript()
-        request_finished = all(e.status != "running" for e in self.running)
+        self._keep_gc_pauses_short(len(pending), request_finished=all(e.status != "running" for e in self.running))
         for ex in pending:
-            self._keep_gc_pauses_short(request_finished=request_finished)
             # The inspector follows the first finished sentence of a request; later sentences of a
             # long paste do not yank it away (and do not re-render it each time).
             selected_here = self.selection is not None and any(e.id == self.selection[0] for e in self.running)
@@ -396,14 +395,14 @@ class TranslateApp(App):
             if t is not None and t.hypotheses and t.best.pieces and not selected_here:
                 self.select_token(ex.id, 0, 0)
 
-    def _keep_gc_pauses_short(self, request_finished: bool) -> None:
+    def _keep_gc_pauses_short(self, finished: int, request_finished: bool) -> None:
         """Python's full garbage collections traverse every live object; with the libraries, the
         model and a growing transcript that was 150-300 ms of frozen UI every second or two while
         translations streamed in (measured with `tui-translate bench`). Objects that survived until a
         sentence finished are moved out of the collector's view (gc.freeze), so collections only
         look at what is new. After 50 sentences, once nothing has been decoding for a few seconds,
-        one real collection frees whatever became garbage meanwhile."""
-        self._sentences_since_collect += 1
+        one real collection frees whatever became garbage meanwhile. finished: sentences just shown."""
+        self._sentences_since_collect += finished
         gc.freeze()
         if request_finished and self._sentences_since_collect >= GC_EVERY_SENTENCES:
             self.set_timer(GC_IDLE_SECONDS, self._collect_when_idle)
