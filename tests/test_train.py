@@ -49,7 +49,7 @@ def toy_config(toy_files, out: Path, **kw) -> TrainConfig:
                   model={"d_model": 64, "n_heads": 4, "n_encoder_layers": 2, "n_decoder_layers": 2, "d_ff": 128, "dropout": 0.0,
                          "max_positions": 32},
                   max_tokens=600, lr=3e-3, warmup_steps=40, max_steps=360, eval_every=120, eval_sentences=20,
-                  save_every=60, keep_last=3, average_last=2, patience=100, seed=7, threads=2)
+                  save_every=60, keep_last=3, average_last=2, patience=100, seed=7, threads=2, clean=False)
     params.update(kw)
     return TrainConfig(**params)
 
@@ -100,7 +100,7 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(toy_files, tmp_path):
     import time
 
     train_tsv, valid_tsv = toy_files
-    args = ["--train", train_tsv, "--valid", valid_tsv, "--vocab-size", "40", "--d-model", "32", "--d-ff", "64",
+    args = ["--train", train_tsv, "--valid", valid_tsv, "--vocab-size", "40", "--no-clean", "--d-model", "32", "--d-ff", "64",
             "--encoder-layers", "1", "--decoder-layers", "1", "--max-tokens", "400", "--max-steps", "400", "--save-every", "15",
             "--eval-every", "1000", "--threads", "1", "--warmup", "20", "--lr", "3e-3"]
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -152,7 +152,7 @@ def test_data_parallel_two_processes_stay_identical(toy_files, tmp_path):
         port = sock.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
-           "-m", "tui_translate", "train", "--train", train_tsv, "--valid", valid_tsv, "--out", str(out), "--vocab-size", "40",
+           "-m", "tui_translate", "train", "--train", train_tsv, "--valid", valid_tsv, "--out", str(out), "--vocab-size", "40", "--no-clean",
            "--d-model", "32", "--d-ff", "64", "--encoder-layers", "1", "--decoder-layers", "1", "--max-tokens", "300",
            "--max-steps", "6", "--save-every", "3", "--eval-every", "100", "--threads", "1", "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

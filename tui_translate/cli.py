@@ -78,8 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a French<TAB>English TSV file",
                        description="Train a translation model. Run under `torchrun --nproc_per_node N -m tui_translate train ...` "
                        "for data-parallel training.")
-    p.add_argument("--train", metavar="TSV", help="training pairs, French<TAB>English")
-    p.add_argument("--valid", metavar="TSV", help="validation pairs, French<TAB>English")
+    p.add_argument("--train", metavar="TSV[:WEIGHT]", nargs="+", action="extend",
+                   help="training pairs, French<TAB>English; several files mix, each seen WEIGHT times per epoch "
+                   "(default 1; 0.5 = a different half every epoch)")
+    p.add_argument("--valid", metavar="TSV", nargs="+", action="extend",
+                   help="validation pairs, French<TAB>English; several sets are all scored, selection follows their mean loss")
+    p.add_argument("--no-clean", dest="clean", action="store_false",
+                   help="skip the language, length-ratio, copy and duplicate filters")
+    p.add_argument("--init-from", metavar="MODEL_DIR", default=None,
+                   help="start from this model's weights and tokenizer (warm start; the architecture must match)")
+    p.add_argument("--max-len", type=int, default=64, help="drop pairs longer than this many tokens on either side (default: 64)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, logs, final model in DIR/model)")
     p.add_argument("--direction", default="fr-en", choices=["fr-en", "en-fr"], help="translation direction (default: fr-en)")
     p.add_argument("--tokenizer", default=None, metavar="JSON", help="reuse this tokenizer.json instead of training one")
@@ -268,7 +276,8 @@ def _run_train(args: argparse.Namespace) -> int:
              "norm_placement": args.norm, "max_positions": args.max_positions, "position_layout": args.positions}
     if args.marian_compatible:
         model.update(norm_placement="post", position_layout="split", decoder_start_id="pad", final_logits_bias=True)
-    cfg = TrainConfig(train=args.train, valid=args.valid, out_dir=args.out, direction=args.direction, tokenizer=args.tokenizer,
+    cfg = TrainConfig(train=tuple(args.train), valid=tuple(args.valid), out_dir=args.out, direction=args.direction,
+                      tokenizer=args.tokenizer, clean=args.clean, init_from=args.init_from, max_len=args.max_len,
                       vocab_size=args.vocab_size, model=model, max_tokens=args.max_tokens, lr=args.lr, warmup_steps=args.warmup,
                       label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, max_steps=args.max_steps,
                       max_epochs=args.max_epochs, eval_every=args.eval_every, eval_sentences=args.eval_sentences,

@@ -9,6 +9,7 @@ training run. Checkpoints store `asdict(config)` and load it back with
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -169,15 +170,20 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. Paths are strings so the dataclass stays JSON-able."""
+    """One training run. Paths are strings so the dataclass stays JSON-able.
 
-    train: str
-    valid: str
+    train: corpora as 'PATH' or 'PATH:WEIGHT' (see corpus.py); valid: one or more validation files,
+    all scored at every evaluation (early stopping and the best checkpoint follow their mean loss).
+    """
+
+    train: tuple[str, ...]
+    valid: tuple[str, ...]
     out_dir: str
     direction: str = "fr-en"  # "<source>-<target>"; the TSV is French<TAB>English
     tokenizer: str | None = None  # an existing tokenizer.json; None = train one
     vocab_size: int = 8000
     model: dict[str, Any] = field(default_factory=dict)  # overrides for ModelConfig
+    clean: bool = True  # language, length-ratio, copy and duplicate filters (corpus.py)
     max_tokens: int = 4096  # source + target tokens per batch (per process)
     max_len: int = 64  # drop pairs longer than this (tokens, either side)
     lr: float = 1e-3  # peak learning rate
@@ -196,8 +202,39 @@ class TrainConfig:
     patience: int = 6  # evaluations without validation-loss improvement before stopping
     seed: int = 1234
     threads: int = 0  # 0 = leave torch's default
-    limit_pairs: int = 0  # 0 = use every training pair
-    amp: str = "none"  # "bf16" = bfloat16 autocast for the forward pass (1.7x faster on AVX512-BF16 CPUs), "none" = fp32
+    limit_pairs: int = 0  # 0 = use every training pair (else the first N of each corpus)
+    amp: str = "none"  # "bf16" = bfloat16 autocast for the forward pass (fast on CPUs with AVX512-BF16/AMX), "none" = fp32
+    init_from: str | None = None  # a model directory whose weights start the run (warm start; same tokenizer)
+
+    def __post_init__(self) -> None:
+        # a run saved before corpora became lists stored single paths
+        if isinstance(self.train, str):
+            object.__setattr__(self, "train", (self.train,))
+        if isinstance(self.valid, str):
+            object.__setattr__(self, "valid", (self.valid,))
+        object.__setattr__(self, "train", tuple(self.train))
+        object.__setattr__(self, "valid", tuple(self.valid))
+        if not self.train or not self.valid:
+            raise ConfigError("training needs at least one --train and one --valid file")
+        if self.direction not in ("fr-en", "en-fr"):
+            raise ConfigError(f"direction must be fr-en or en-fr, got {self.direction!r}")
+        positive = ("vocab_size", "max_tokens", "max_len", "warmup_steps", "max_steps", "max_epochs", "eval_every",
+                    "eval_sentences", "save_every", "keep_last", "average_last", "patience")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+        for name in ("threads", "limit_pairs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 0")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not (self.clip_norm >= 0 and math.isfinite(self.clip_norm)):
+            raise ConfigError(f"clip-norm must be >= 0, got {self.clip_norm!r}")
+        if self.amp not in ("none", "bf16"):
+            raise ConfigError(f"amp must be none or bf16, got {self.amp!r}")
 
     @property
     def source_lang(self) -> str:

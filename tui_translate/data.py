@@ -64,6 +64,7 @@ class EncodedPairs:
     src_offsets: np.ndarray  # (n+1,) int64
     tgt_ids: np.ndarray
     tgt_offsets: np.ndarray
+    corpus_sizes: np.ndarray | None = None  # pairs per corpus when several were concatenated
 
     @classmethod
     def build(cls, pairs: list[tuple[str, str]], tokenizer: Tokenizer, max_len: int = 0) -> "EncodedPairs":
@@ -82,6 +83,18 @@ class EncodedPairs:
         si, so = flat(src)
         ti, to = flat(tgt)
         return cls(si, so, ti, to)
+
+    @classmethod
+    def concat(cls, parts: list["EncodedPairs"]) -> "EncodedPairs":
+        """One table of several corpora, in order; `corpus_sizes` remembers where each one starts."""
+        def join(ids, offsets):
+            shifts = np.cumsum([0] + [int(o[-1]) for o in offsets[:-1]])
+            return (np.concatenate(ids).astype(np.int32),
+                    np.concatenate([[0]] + [o[1:] + s for o, s in zip(offsets, shifts)]).astype(np.int64))
+
+        si, so = join([p.src_ids for p in parts], [p.src_offsets for p in parts])
+        ti, to = join([p.tgt_ids for p in parts], [p.tgt_offsets for p in parts])
+        return cls(si, so, ti, to, np.array([len(p) for p in parts], dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.src_offsets) - 1
@@ -103,24 +116,36 @@ class EncodedPairs:
     def save(self, path: str | Path) -> None:
         from .atomic import write_with
 
-        write_with(path, lambda tmp: np.savez(open(tmp, "wb"), src_ids=self.src_ids, src_offsets=self.src_offsets, tgt_ids=self.tgt_ids, tgt_offsets=self.tgt_offsets))
+        sizes = self.corpus_sizes if self.corpus_sizes is not None else np.array([len(self)], dtype=np.int64)
+
+        def build(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, src_ids=self.src_ids, src_offsets=self.src_offsets, tgt_ids=self.tgt_ids,
+                         tgt_offsets=self.tgt_offsets, corpus_sizes=sizes)
+
+        write_with(path, build)
 
     @classmethod
     def load(cls, path: str | Path) -> "EncodedPairs":
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["src_ids"], z["src_offsets"], z["tgt_ids"], z["tgt_offsets"])
+            sizes = z["corpus_sizes"] if "corpus_sizes" in z.files else None
+            return cls(z["src_ids"], z["src_offsets"], z["tgt_ids"], z["tgt_offsets"], sizes)
 
 
-def token_batches(data: EncodedPairs, max_tokens: int, seed: int, epoch: int, shuffle: bool = True) -> list[np.ndarray]:
+def token_batches(data: EncodedPairs, max_tokens: int, seed: int, epoch: int, shuffle: bool = True,
+                  subset: np.ndarray | None = None) -> list[np.ndarray]:
     """Group pairs of similar length so that padded (source + target) tokens per batch <= max_tokens.
 
     Deterministic for (seed, epoch): sort by length with a seeded random tie-break,
-    cut into batches, then shuffle the batch order.
+    cut into batches, then shuffle the batch order. `subset` (pair indices, repeats allowed) limits
+    the epoch to those pairs, e.g. a weighted mixture of corpora.
     """
     rng = np.random.default_rng([seed, epoch])
+    pool = np.arange(len(data)) if subset is None else np.asarray(subset, dtype=np.int64)
+    src_len, tgt_len = data.src_lengths[pool], data.tgt_lengths[pool]
+    noise = rng.random(len(pool)) if shuffle else np.arange(len(pool)) / max(1, len(pool))
+    order = pool[np.lexsort((noise, tgt_len, src_len))]
     src_len, tgt_len = data.src_lengths, data.tgt_lengths
-    noise = rng.random(len(data)) if shuffle else np.arange(len(data)) / max(1, len(data))
-    order = np.lexsort((noise, tgt_len, src_len))
     batches, start = [], 0
     max_s = max_t = 0
     for pos, i in enumerate(order):

@@ -21,6 +21,13 @@ from tokenizers import Tokenizer as HFTokenizer
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 WORD_START = "▁"
+# Characters every new vocabulary holds whether or not the training text has them: printable ASCII,
+# the Latin-1 and Latin Extended-A letters and the usual typographic signs, so names, URLs, codes and
+# prices in any Latin-script language can be spelt (and copied) instead of becoming <unk>.
+BASE_ALPHABET = (
+    [chr(c) for c in range(0x21, 0x7F)] + [chr(c) for c in range(0xA1, 0x180) if chr(c).isprintable() and c != 0xAD]
+    + list("€£¥«»“”„‘’–—…•°№™")
+)
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,17 @@ def build_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
         [
             pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always"),
             pre_tokenizers.Punctuation(behavior="isolated"),
+            # one piece per digit: any number is spelt from ten pieces the model sees everywhere, so it
+            # can copy "1972" or "2,50" digit by digit instead of guessing a rare merged piece
+            pre_tokenizers.Digits(individual_digits=True),
         ]
     )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> "Tokenizer":
-    """Train a joint BPE vocabulary on `texts` (both languages)."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, alphabet: int = 1000) -> "Tokenizer":
+    """Train a joint BPE vocabulary on `texts` (both languages). `alphabet` bounds the single characters
+    kept (the most frequent ones): accented capitals, currency signs and the punctuation of names and
+    URLs must survive, or they become <unk> and cannot be copied."""
     tk = HFTokenizer(models.BPE(unk_token="<unk>"))
     tk.normalizer = build_normalizer()
     tk.pre_tokenizer = build_pre_tokenizer()
@@ -65,7 +77,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS),
-        limit_alphabet=300,
+        limit_alphabet=alphabet,
+        initial_alphabet=BASE_ALPHABET,
         show_progress=False,
     )
     tk.train_from_iterator(texts, trainer=trainer)

@@ -13,6 +13,7 @@ Layout of a run directory (outside the work tree, e.g. ~/.cache/tui-translate/ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -31,11 +32,12 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import replace_dir, write_text
 from .checkpoint import save_model_dir, unique_state_dict
-from .config import DecodeConfig, ModelConfig, TrainConfig
-from .data import EncodedPairs, collate, read_pairs, token_batches
+from .config import ConfigError, DecodeConfig, ModelConfig, TrainConfig
+from .corpus import CorpusSpec, cleaned_corpora, epoch_indices, format_report
+from .data import DataError, EncodedPairs, collate, read_pairs, token_batches
 from .evaluate import evaluate_pairs
 from .model import Transformer
-from .tokenizer import Tokenizer, iter_tsv_texts, train_tokenizer
+from .tokenizer import Tokenizer, train_tokenizer
 
 
 @dataclass
@@ -167,35 +169,84 @@ def latest_good_checkpoint(out_dir: Path, model: Transformer, opt, console: Cons
     return None
 
 
-def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+def average_checkpoints(paths: list[Path], console: Console | None = None) -> tuple[dict[str, torch.Tensor], list[Path]]:
+    """Mean of the checkpoints' weights; an unreadable (torn, truncated) checkpoint is skipped with a
+    warning. Returns the mean and the checkpoints it averaged."""
     total: dict[str, torch.Tensor] = {}
+    used = []
     for p in paths:
-        for k, v in load_file(str(p / "model.safetensors")).items():
+        try:
+            weights = load_file(str(p / "model.safetensors"))
+        except Exception as e:  # a checkpoint torn by a kill or a full disk: average the others
+            msg = f"checkpoint {p.name} is unreadable ({type(e).__name__}: {str(e)[:120]}); left out of the average"
+            warnings.warn(msg, stacklevel=1)
+            if console is not None:
+                console.print(f"[yellow]warning:[/] {msg}")
+            continue
+        if total and set(weights) != set(total):
+            continue
+        for k, v in weights.items():
             total[k] = total[k] + v.double() if k in total else v.double()
-    return {k: (v / len(paths)).float() for k, v in total.items()}
+        used.append(p)
+    return {k: (v / len(used)).float() for k, v in total.items()}, used
 
 
 # -- the run --------------------------------------------------------------------------------------
-def prepare_tokenizer(cfg: TrainConfig, out_dir: Path, d: Dist) -> Tokenizer:
+def prepare_corpora(cfg: TrainConfig, out_dir: Path, d: Dist, console: Console) -> tuple[list[CorpusSpec], list[list[tuple[str, str]]]]:
+    """Read (and, with cfg.clean, clean) every training corpus; the cleaning report goes to the console
+    and to DIR/clean-report.json. Only rank 0 cleans; the others read its cache."""
+    specs = [CorpusSpec.parse(t) for t in cfg.train]
+    if d.main:
+        corpora, report = cleaned_corpora(specs, out_dir / "clean", cfg.clean)
+        if report:
+            write_text(out_dir / "clean-report.json", json.dumps(report, indent=2))
+            for line in format_report(report):
+                console.print(f"clean: {line}")
+    if d.world > 1:
+        dist.barrier()
+    if not d.main:
+        corpora, _ = cleaned_corpora(specs, out_dir / "clean", cfg.clean)
+    if cfg.limit_pairs:
+        corpora = [c[: cfg.limit_pairs] for c in corpora]
+    if not any(corpora):
+        raise DataError(f"no training pairs in {', '.join(s.path for s in specs)}")
+    return specs, corpora
+
+
+def prepare_tokenizer(cfg: TrainConfig, out_dir: Path, d: Dist, specs: list[CorpusSpec], corpora) -> Tokenizer:
+    """The run's tokenizer: copied from --tokenizer or the warm-start model, else trained on both sides
+    of the corpora, each repeated by its (rounded) weight so the mixture's vocabulary is learnt."""
     path = out_dir / "tokenizer.json"
     if d.main and not path.exists():
-        if cfg.tokenizer:
-            shutil.copyfile(cfg.tokenizer, path)
+        source = cfg.tokenizer or (str(Path(cfg.init_from) / "tokenizer.json") if cfg.init_from else None)
+        if source:
+            shutil.copyfile(source, path)
         else:
-            tok = train_tokenizer(iter_tsv_texts(cfg.train), cfg.vocab_size)
+            def texts():
+                for spec, pairs in zip(specs, corpora):
+                    for _ in range(max(1, round(spec.weight))):
+                        for fr, en in pairs:
+                            yield fr
+                            yield en
+
+            tok = train_tokenizer(texts(), cfg.vocab_size)
             write_text(path, tok.to_str())
     if d.world > 1:
         dist.barrier()
     return Tokenizer.from_file(path)
 
 
-def prepare_data(cfg: TrainConfig, out_dir: Path, tok: Tokenizer, d: Dist) -> tuple[EncodedPairs, list[tuple[str, str]]]:
-    cache = out_dir / f"data-{cfg.direction}-{cfg.max_len}-{cfg.limit_pairs}.npz"
+def prepare_data(cfg: TrainConfig, out_dir: Path, tok: Tokenizer, d: Dist, corpora) -> EncodedPairs:
+    """Every corpus encoded once (pairs longer than max_len dropped), cached per run."""
+    key = hashlib.sha256(json.dumps([list(cfg.train), cfg.clean, cfg.limit_pairs]).encode()).hexdigest()[:12]
+    cache = out_dir / f"data-{cfg.direction}-{cfg.max_len}-{key}.npz"
     if d.main and not cache.exists():
-        EncodedPairs.build(read_pairs(cfg.train, cfg.direction, cfg.limit_pairs), tok, cfg.max_len).save(cache)
+        src_col = 0 if cfg.direction == "fr-en" else 1
+        parts = [EncodedPairs.build([(p[src_col], p[1 - src_col]) for p in pairs], tok, cfg.max_len) for pairs in corpora]
+        EncodedPairs.concat(parts).save(cache)
     if d.world > 1:
         dist.barrier()
-    return EncodedPairs.load(cache), read_pairs(cfg.valid, cfg.direction)
+    return EncodedPairs.load(cache)
 
 
 def build_model_config(cfg: TrainConfig, tok: Tokenizer) -> ModelConfig:
@@ -242,21 +293,43 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = out_dir / "train.json"
     if d.main:
         if resume and cfg_file.exists():
             saved = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
-            if saved.model != cfg.model or saved.direction != cfg.direction:
-                raise ValueError(f"{cfg_file}: --resume with a different model or direction than the saved run")
+            for name in ("model", "direction", "train", "clean", "max_len", "limit_pairs", "tokenizer", "vocab_size"):
+                if getattr(saved, name) != getattr(cfg, name):
+                    raise ConfigError(f"{cfg_file}: --resume with a different {name} than the saved run "
+                                      f"({getattr(saved, name)!r} there, {getattr(cfg, name)!r} now)")
         write_text(cfg_file, json.dumps(cfg.to_dict(), indent=2))
 
     torch.manual_seed(cfg.seed)
-    tok = prepare_tokenizer(cfg, out_dir, d)
-    data, valid_pairs = prepare_data(cfg, out_dir, tok, d)
-    valid_data = EncodedPairs.build(valid_pairs, tok)
+    specs, corpora = prepare_corpora(cfg, out_dir, d, console)
+    tok = prepare_tokenizer(cfg, out_dir, d, specs, corpora)
+    data = prepare_data(cfg, out_dir, tok, d, corpora)
+    del corpora
+    if len(data) == 0:
+        raise DataError(f"no training pair is at most {cfg.max_len} tokens long")
+    weights = [s.weight for s in specs]
+    sizes = [int(n) for n in (data.corpus_sizes if data.corpus_sizes is not None else [len(data)])]
+    valid_sets = [(Path(v).parent.name or Path(v).stem, read_pairs(v, cfg.direction)) for v in cfg.valid]
+    valid_sets = [(name, pairs, EncodedPairs.build(pairs, tok)) for name, pairs in valid_sets]
+    if not all(pairs for _, pairs, _ in valid_sets):
+        raise DataError("a --valid file holds no pairs")
     mcfg = build_model_config(cfg, tok)
     model = Transformer(mcfg).to(d.device)
+    if cfg.init_from and not resume:
+        from .checkpoint import load_model_dir
+
+        init = load_model_dir(cfg.init_from).model
+        if init.config != mcfg:
+            raise ConfigError(f"--init-from {cfg.init_from}: its architecture differs from this run's")
+        model.load_state_dict(init.state_dict())
+        if d.main:
+            console.print(f"warm start from {cfg.init_from}")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-9, weight_decay=cfg.weight_decay)
 
     state = {"step": 0, "epoch": 0, "batch": 0, "best_val": None, "bad_evals": 0, "tokens": 0, "elapsed": 0.0}
@@ -275,11 +348,12 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
 
     metrics_path = out_dir / "metrics.jsonl"
-    eval_pairs = valid_pairs[: cfg.eval_sentences]
     n_params = model.num_parameters()
     if d.main:
+        mix = ", ".join(f"{n:,} x {w:g}" for n, w in zip(sizes, weights))
         console.print(f"model: {n_params / 1e6:.2f}M parameters, {mcfg.n_encoder_layers}+{mcfg.n_decoder_layers} layers, "
-                      f"d_model={mcfg.d_model}, heads={mcfg.n_heads}; {len(data)} training pairs; world size {d.world}")
+                      f"d_model={mcfg.d_model}, heads={mcfg.n_heads}; {len(data):,} training pairs ({mix} per epoch); "
+                      f"world size {d.world}")
 
     def log(entry: dict) -> None:
         if d.main:
@@ -304,7 +378,8 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     with progress:
         task = progress.add_task(f"train {cfg.direction}", total=cfg.max_steps, completed=state["step"], loss=float("nan"), tps=0.0)
         while not stop and state["epoch"] < cfg.max_epochs:
-            batches = token_batches(data, cfg.max_tokens, cfg.seed, state["epoch"])
+            subset = None if weights == [1.0] * len(weights) else epoch_indices(sizes, weights, cfg.seed, state["epoch"])
+            batches = token_batches(data, cfg.max_tokens, cfg.seed, state["epoch"], subset=subset)
             batches = batches[: len(batches) - len(batches) % d.world] if d.world > 1 else batches
             mine = batches[d.rank :: d.world]
             while state["batch"] < len(mine):
@@ -344,7 +419,7 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
                     window_loss, window_tok, window_t = 0.0, 0, now
                 if step % cfg.eval_every == 0 or step == cfg.max_steps:
                     if d.main:
-                        stop = _evaluate(model, tok, valid_data, eval_pairs, cfg, state, d, console, log, step)
+                        stop = _evaluate(model, tok, valid_sets, cfg, state, d, console, log, step)
                     if d.world > 1:
                         flag = torch.tensor([1 if stop else 0])
                         dist.broadcast(flag, 0)
@@ -384,17 +459,25 @@ def ddp_weight_drift(model: Transformer) -> float:
     return float(drift)
 
 
-def _evaluate(model, tok, valid_data, eval_pairs, cfg, state, d, console, log, step) -> bool:
-    val = validation_loss(model, valid_data, cfg, d.device)
-    scores, _ = evaluate_pairs(model, tok, eval_pairs, DecodeConfig(strategy="greedy"), batch_size=64)
+def _evaluate(model, tok, valid_sets, cfg, state, d, console, log, step) -> bool:
+    """Loss on every validation set, BLEU/chrF (greedy) on the first eval_sentences of each; early
+    stopping follows the mean loss, so no single domain decides."""
+    entry: dict = {"step": step, "eval_sentences": cfg.eval_sentences, "valid": {}}
+    parts = []
+    for name, pairs, encoded in valid_sets:
+        loss = validation_loss(model, encoded, cfg, d.device)
+        scores, _ = evaluate_pairs(model, tok, pairs[: cfg.eval_sentences], DecodeConfig(strategy="greedy"), batch_size=64)
+        entry["valid"][name] = {"loss": round(loss, 4), "bleu": round(scores.bleu, 2), "chrf": round(scores.chrf, 2)}
+        parts.append(f"{name} loss {loss:.3f} BLEU {scores.bleu:.1f} chrF {scores.chrf:.1f}")
     model.train()
+    val = sum(v["loss"] for v in entry["valid"].values()) / len(valid_sets)
+    first = next(iter(entry["valid"].values()))
+    entry.update(val_loss=round(val, 4), val_ppl=round(math.exp(val), 2), bleu=first["bleu"], chrf=first["chrf"])
     improved = state["best_val"] is None or val < state["best_val"]
     state["best_val"] = val if improved else state["best_val"]
     state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
-    log({"step": step, "val_loss": round(val, 4), "val_ppl": round(math.exp(val), 2), "bleu": round(scores.bleu, 2),
-         "chrf": round(scores.chrf, 2), "eval_sentences": len(eval_pairs)})
-    console.print(f"[bold]eval[/] step {step}: val loss {val:.3f} (ppl {math.exp(val):.1f}), "
-                  f"BLEU {scores.bleu:.1f}, chrF {scores.chrf:.1f} on {len(eval_pairs)} sentences"
+    log(entry)
+    console.print(f"[bold]eval[/] step {step}: mean val loss {val:.3f}; " + "; ".join(parts)
                   + ("" if improved else f" (no improvement, {state['bad_evals']}/{cfg.patience})"))
     return state["bad_evals"] >= cfg.patience
 
@@ -403,7 +486,9 @@ def export_average(out_dir: Path, model: Transformer, tok: Tokenizer, cfg: Train
     """Average the last checkpoints into model/ (fp32 weights; `tui-translate` loads any float dtype)."""
     paths = checkpoint_dirs(out_dir)[-cfg.average_last :]
     if paths:
-        avg = average_checkpoints(paths)
+        avg, paths = average_checkpoints(paths, console)
+        if not paths:
+            raise ValueError(f"{out_dir}: no readable checkpoint to export")
         model.load_state_dict(avg, strict=False)
     if model.config.decoder_start_id == model.config.pad_id:
         keep_start_embedding_zero(model)
