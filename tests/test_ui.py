@@ -419,3 +419,66 @@ async def test_typing_in_the_prompt_scrolls_it_without_laying_out_the_screen(tmp
         await pilot.press("home")
         await pilot.pause()
         assert prompt.scroll_x == 0
+
+
+# -- issue 15: what a new user met --------------------------------------------------------------------------------
+
+def _luminance(rgb) -> float:
+    def channel(c: int) -> float:
+        c = c / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * channel(rgb[0]) + 0.7152 * channel(rgb[1]) + 0.0722 * channel(rgb[2])
+
+
+def _contrast(a, b) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def rendered_segments(widget):
+    """The segments the widget paints, with the colours that reach the terminal (link styles included)."""
+    from textual.geometry import Region
+
+    for strip in widget.render_lines(Region(0, 0, widget.size.width, widget.size.height)):
+        for seg in strip:
+            if seg.text.strip() and seg.style is not None and seg.style.color and seg.style.bgcolor:
+                fg, bg = seg.style.color.get_truecolor(), seg.style.bgcolor.get_truecolor()
+                if seg.style.reverse:
+                    fg, bg = bg, fg
+                yield seg.text, fg, bg
+
+
+@pytest.mark.parametrize("theme", ["textual-dark", "textual-light"])
+async def test_grid_cells_and_confidence_colours_are_readable(tmp_path, theme):
+    """Bugs 1-2: the clickable cells' link colour painted over the colour picked for each weight (grey on
+    yellow, 1.2:1), and over the confidence colours (F7 changed nothing)."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.theme = theme
+        await submit(pilot, app, "je suis étudiant")
+        await pilot.pause()
+        grid = app.query_one("#grid", AttentionGrid)
+        labels = set(app.exchanges[-1].translation.source_labels())
+        cells = [(t, fg, bg) for t, fg, bg in rendered_segments(grid) if t.strip() in labels]
+        assert len(cells) >= 4 * len(labels)  # every (layer, head) cell shows every source piece
+        for text, fg, bg in cells:
+            assert _contrast(fg, bg) >= 4.5, (text, fg, bg)
+        for text, fg, bg in rendered_segments(grid):
+            assert _contrast(fg, bg) >= 3, (text, fg, bg)
+        strip = app.query(TokenStrip).last()
+        before = list(rendered_segments(strip))
+        await pilot.press("f7")
+        await pilot.pause()
+        after = list(rendered_segments(strip))
+        assert before != after
+        probs = strip.hypothesis.token_probs
+        from rich.color import Color
+
+        from tui_translate.colormap import confidence_color
+
+        shaded = {Color.parse(confidence_color(p)).get_truecolor() for p in probs}
+        token_bgs = {bg for t, fg, bg in after if t.strip() in {"i", "am", "a", "student"}}
+        assert token_bgs and token_bgs <= shaded
+        for text, fg, bg in after:
+            assert _contrast(fg, bg) >= 4.5 if bg in shaded else 3, (text, fg, bg)

@@ -24,10 +24,28 @@ def hex_color(value: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def relative_luminance(rgb: tuple[int, int, int]) -> float:
+    """WCAG 2 relative luminance of an sRGB colour."""
+
+    def channel(c: int) -> float:
+        c = c / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = rgb
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def contrast_ratio(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """WCAG 2 contrast ratio, 1 (same) to 21 (black on white); AA asks 4.5 for text."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
 def text_color_on(value: float) -> str:
-    """Black or white, whichever reads better on viridis(value)."""
-    r, g, b = viridis(value)
-    return "#000000" if (0.299 * r + 0.587 * g + 0.114 * b) > 140 else "#ffffff"
+    """Black or white, whichever contrasts more with viridis(value) (at least 4.6:1 along the whole scale;
+    a brightness threshold picked white on the mid greens, 4.2:1)."""
+    bg = viridis(value)
+    return "#000000" if contrast_ratio(bg, (0, 0, 0)) >= contrast_ratio(bg, (255, 255, 255)) else "#ffffff"
 
 
 def confidence_color(prob: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rich.color import Color
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
@@ -13,7 +14,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
-from ...colormap import confidence_color
+from ...colormap import confidence_color, contrast_ratio
 from ...results import Hypothesis, Translation, WORD_START
 from ..messages import TokenSelected
 
@@ -50,6 +51,13 @@ class Exchange:
         return rec
 
 
+def confidence_style(prob: float) -> Style:
+    bg = Color.parse(confidence_color(prob))
+    rgb = bg.triplet
+    fg = "#000000" if contrast_ratio(rgb, (0, 0, 0)) >= contrast_ratio(rgb, (255, 255, 255)) else "#ffffff"
+    return Style(color=fg, bgcolor=bg)
+
+
 def token_label(piece: str, index: int) -> str:
     """How a target piece appears inside the running text of a translation."""
     if piece == "</s>":
@@ -77,6 +85,7 @@ class TokenStrip(Widget, can_focus=True):
 
     def __init__(self, exchange_id: int, index: int, hypothesis: Hypothesis, rank_label: str = "", **kw) -> None:
         super().__init__(**kw)
+        self.auto_links = False  # link styling would paint over the confidence colours (see AttentionGrid)
         self.exchange_id = exchange_id
         self.index = index
         self.hypothesis = hypothesis
@@ -88,8 +97,8 @@ class TokenStrip(Widget, can_focus=True):
         probs = h.token_probs
         for i, piece in enumerate(h.pieces):
             style = Style(meta={"@click": f"select({i})"})
-            if self.confidence:
-                style += Style.parse(confidence_color(probs[i]))
+            if self.confidence:  # shaded background, black or white text: readable in dark and light themes
+                style += confidence_style(probs[i])
             if piece == "</s>":
                 style += Style(dim=True)
             if i < h.prefix_length:

@@ -58,6 +58,10 @@ class AttentionGrid(Widget, can_focus=True):
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
+        # Cells are clickable through `@click` meta, which makes Textual treat them as links and paint its
+        # link colour over the text colour picked for each weight (grey on yellow, 1.2:1). The clicks work
+        # without link styling.
+        self.auto_links = False
         self.weights: np.ndarray | None = None  # (L, H, S) for the selected output token
         self.source_labels: list[str] = []
         self.target_label = ""
