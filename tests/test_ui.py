@@ -482,3 +482,53 @@ async def test_grid_cells_and_confidence_colours_are_readable(tmp_path, theme):
         assert token_bgs and token_bgs <= shaded
         for text, fg, bg in after:
             assert _contrast(fg, bg) >= 4.5 if bg in shaded else 3, (text, fg, bg)
+
+
+async def test_keys_typed_outside_the_prompt_reach_it_and_the_draft_survives(tmp_path):
+    """Bugs 3-4: after Esc (a translation focused), after choosing an alternative, or with nothing focused,
+    printable keys were lost (`?` opened the help); going to a translation and back selected the draft and
+    the next key replaced it."""
+    from textual.widgets import OptionList
+
+    app = make_app(tmp_path, store=True)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await submit(pilot, app, "je suis étudiant")
+        prompt = app.query_one("#prompt")
+        await pilot.press("escape")
+        assert isinstance(app.focused, TokenStrip)
+        await pilot.press(*"Où ?")
+        assert prompt.value == "Où ?" and app.focused is prompt and app.screen is app.screen_stack[0]
+        prompt.value = ""
+        await pilot.press(*"Bonjour", "escape", "escape", *" toi")
+        assert prompt.value == "Bonjour toi"
+        prompt.value = ""
+        # choose an alternative with Enter, then type the next sentence and Enter: it is translated
+        ex = app.exchanges[-1]
+        app.select_token(ex.id, 0, 1)
+        alts = app.query_one("#alternatives", OptionList)
+        alts.focus()
+        alts.highlighted = 1
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(app.exchanges) == 2 and app.exchanges[-1].status == "done")
+        await pilot.press(*"le chat dort", "enter")
+        await wait_for(pilot, lambda: len(app.exchanges) == 3 and app.exchanges[-1].status == "done")
+        assert app.exchanges[-1].source == "le chat dort"
+        app.set_focus(None)
+        await pilot.press(*"il dort")
+        assert prompt.value == "il dort"
+
+
+async def test_a_multi_line_paste_is_translated_whole(tmp_path):
+    """Bug 5: Textual's Input kept only the first line of a paste."""
+    from textual import events
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        prompt = app.query_one("#prompt")
+        prompt.post_message(events.Paste("Bonjour à tous.\nJe viens de Lyon.\r\n\nMerci."))
+        await pilot.pause()
+        assert prompt.value == "Bonjour à tous. Je viens de Lyon. Merci."
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(app.exchanges) == 3 and all(e.status == "done" for e in app.exchanges))
+        assert [e.source for e in app.exchanges] == ["Bonjour à tous.", "Je viens de Lyon.", "Merci."]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical, VerticalScroll
@@ -61,7 +61,9 @@ class HistoryInput(Input):
     virtual_size = Reactive(Size(0, 0), layout=False)
 
     def __init__(self, **kw) -> None:
-        super().__init__(**kw)
+        # Returning to the prompt (Esc) must keep the draft: Input selects everything on focus by default,
+        # and the next key typed replaced it.
+        super().__init__(select_on_focus=False, **kw)
         self.history: list[str] = []
         self._pos = 0
         self._draft = ""
@@ -71,6 +73,18 @@ class HistoryInput(Input):
             self.history.append(text)
         self._pos = len(self.history)
 
+    def _on_paste(self, event: events.Paste) -> None:
+        """A multi-line paste is kept whole (Input keeps the first line only): lines are joined with spaces
+        and the sentence splitter makes one exchange per sentence."""
+        text = " ".join(line.strip() for line in event.text.splitlines() if line.strip())
+        if text:
+            if self.selection.is_empty:
+                self.insert_text_at_cursor(text)
+            else:
+                self.replace(text, *self.selection)
+        event.stop()
+        event.prevent_default()  # Input's own handler would paste the first line again
+
     def action_history(self, delta: int) -> None:
         if not self.history:
             return
@@ -79,6 +93,21 @@ class HistoryInput(Input):
         self._pos = max(0, min(len(self.history), self._pos + delta))
         self.value = self._draft if self._pos == len(self.history) else self.history[self._pos]
         self.cursor_position = len(self.value)
+
+
+class MainScreen(Screen):
+    """The app's screen. Printable keys typed while a translation, the grid or the alternatives have focus
+    (or nothing has) go to the prompt: only the prompt takes text, and they were lost or, for `?`, opened
+    the help."""
+
+    def on_key(self, event: events.Key) -> None:
+        prompt = self.query_one("#prompt", HistoryInput)
+        if not event.is_printable or event.character is None or isinstance(self.focused, Input):
+            return
+        event.stop()
+        event.prevent_default()
+        prompt.focus()
+        prompt.insert_text_at_cursor(event.character)
 
 
 class TranslateApp(App):
@@ -98,7 +127,6 @@ class TranslateApp(App):
         Binding("ctrl+y", "copy", "copy", show=False),
         Binding("ctrl+s", "export_transcript", "export", show=False),
         Binding("ctrl+o", "export_attention", "export attention", show=False),
-        Binding("question_mark", "help", show=False),
         Binding("escape", "leave_input", show=False),
     ]
 
@@ -148,6 +176,9 @@ class TranslateApp(App):
         self.set_reactive(TranslateApp.decode_config, decode_config or DecodeConfig())
 
     # -- layout ---------------------------------------------------------------------------------
+    def get_default_screen(self) -> Screen:
+        return MainScreen(id="_default")
+
     def compose(self) -> ComposeResult:
         yield Header()
         with Container(id="main"):
