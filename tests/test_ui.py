@@ -532,3 +532,21 @@ async def test_a_multi_line_paste_is_translated_whole(tmp_path):
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(app.exchanges) == 3 and all(e.status == "done" for e in app.exchanges))
         assert [e.source for e in app.exchanges] == ["Bonjour à tous.", "Je viens de Lyon.", "Merci."]
+
+
+async def test_layout_follows_the_new_width_and_the_latest_exchange_stays_in_view(tmp_path):
+    """Bug 6: the side-by-side layout was decided on the size before the resize, and the transcript lost
+    the latest exchange after a resize."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        for i in range(12):
+            await submit(pilot, app, f"le chat dort {i}")
+        assert app.screen.has_class("wide")
+        transcript = app.query_one("#transcript")
+        for width, wide in ((100, False), (121, True), (119, False), (120, True)):
+            await pilot.resize_terminal(width, 40)
+            await pilot.pause()
+            await pilot.pause()
+            assert app.screen.has_class("wide") == wide, width
+            assert transcript.scroll_y == transcript.max_scroll_y > 0, width

@@ -217,8 +217,13 @@ class TranslateApp(App):
         self.on_resize()
         self.load_model(self.model_path)
 
-    def on_resize(self, event=None) -> None:
-        self.screen.set_class(self.size.width >= WIDE_COLUMNS, "wide")
+    def on_resize(self, event: events.Resize | None = None) -> None:
+        # The event's size: the app's own size is still the previous one while this handler runs.
+        width = event.size.width if event is not None else self.size.width
+        self.screen.set_class(width >= WIDE_COLUMNS, "wide")
+        # A new width re-wraps the transcript; keep its newest exchange in view once that layout is done.
+        transcript = self.query_one("#transcript", VerticalScroll)
+        self.call_after_refresh(transcript.scroll_end, animate=False)
 
     def _update_subtitle(self) -> None:
         strategy = self.decode_config.describe()
