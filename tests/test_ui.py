@@ -258,8 +258,9 @@ async def test_empty_input_and_load_failure_notify_without_crashing(tmp_path):
         assert app.exchanges == []
         assert any("empty" in n.message for n in app._notifications)
         app.query_one("#prompt").value = "bonjour"
-        await pilot.press("enter")  # queued until a model loads; nothing crashes
-        assert app.exchanges[-1].status == "running"
+        await pilot.press("enter")  # no model and none loading: said at once, nothing queued forever
+        assert app.exchanges == [] and app.query_one("#prompt").value == "bonjour"
+        assert any("No model is loaded" in n.message and "F3" in n.message for n in app._notifications)
 
 
 async def test_real_tiny_model_end_to_end(tmp_path, model_dir):
@@ -550,3 +551,60 @@ async def test_layout_follows_the_new_width_and_the_latest_exchange_stays_in_vie
             await pilot.pause()
             assert app.screen.has_class("wide") == wide, width
             assert transcript.scroll_y == transcript.max_scroll_y > 0, width
+
+
+async def test_requests_never_wait_for_a_model_that_failed_and_a_new_model_gets_none_of_them(tmp_path):
+    """Bug 8: with a model that cannot load, requests queued forever on 'waiting for the model to load…';
+    F3 then loaded en-fr and fed it the queued French input."""
+    gate = threading.Event()
+    loads = {"n": 0}
+
+    def loader(path):
+        loads["n"] += 1
+        gate.wait(5)
+        return fake_loader()(path)
+
+    app = TranslateApp(loader, Path("/models/broken"), [Path("/models/broken"), EN], store=Store(None), export_dir=tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        app.query_one("#prompt").value = "bonjour"
+        await pilot.press("enter")  # while the model loads: queued
+        assert app.exchanges[-1].partial == "waiting for the model to load…"
+        gate.set()
+        await wait_for(pilot, lambda: app.exchanges[-1].status == "failed")
+        assert "could not load broken" in app.exchanges[-1].error and "F3" in app.exchanges[-1].error
+        app.query_one("#prompt").value = "le chat"
+        await pilot.press("enter")
+        assert len(app.exchanges) == 1
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: app.translator is not None and app.translator.name == "en-fr")
+        await pilot.pause(0.1)
+        assert app.translator.calls == []  # nothing queued for the broken model went to en-fr
+
+
+async def test_a_restored_exchange_is_translated_again_by_the_model_that_made_it(tmp_path):
+    """Bug 7: a restored English exchange, clicked after a restart, went to fr-en with no warning."""
+    store = Store(tmp_path / "data")
+    store.save_transcript([{"source": "the cat sleeps", "translation": "le chat dort", "strategy": "greedy", "model": "en-fr"}])
+    app = make_app(tmp_path, store=True)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        await pilot.pause(0.1)
+        await pilot.click(".restored", offset=(4, 0))
+        await wait_for(pilot, lambda: len(app.exchanges) == 2 and app.exchanges[-1].status == "done")
+        assert app.translator.name == "en-fr" and app.exchanges[-1].model == "en-fr"
+        assert app.exchanges[-1].text == "le chat dort"
+        assert any("en-fr" in n.message for n in app._notifications)
+
+
+async def test_rerun_shows_the_earlier_result_beneath_the_new_one(tmp_path):
+    """Bug 9: 'Apply & re-run last' promised a comparison but only added an exchange underneath."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 36)) as pilot:
+        await submit(pilot, app, "le chat dort. il dort.")
+        app.decode_config = DecodeConfig(strategy="sample", seed=3)
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: len(app.exchanges) == 4 and all(e.status == "done" for e in app.exchanges))
+        for old, new in zip(app.exchanges[:2], app.exchanges[2:]):
+            view = app.query_one(f"#ex-{new.id}")
+            shown = str(view.query_one(".compare").render())
+            assert "greedy" in shown and old.text in shown and new.text != old.text

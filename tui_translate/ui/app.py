@@ -46,6 +46,7 @@ DONE_INTERVAL = 0.1  # seconds: finished sentences of a long request are shown t
 PROGRESS_INTERVAL = 1 / 30  # seconds between redraws of a growing translation
 GC_EVERY_SENTENCES = 50  # see TranslateApp._keep_gc_pauses_short
 GC_IDLE_SECONDS = 3.0
+NO_MODEL_HINT = "Press F3 for the next model, or ctrl+p and 'Use model'."
 MAX_VISIBLE_EXCHANGES = 60  # older exchanges leave the screen (they stay in the transcript file and exports)
 
 
@@ -154,6 +155,7 @@ class TranslateApp(App):
         self.export_dir = export_dir or Path.cwd()
         self.translator: Any = None
         self.loading = False
+        self.load_error = ""  # why the last model failed to load, shown when a request finds no model
         self.exchanges: list[Exchange] = []
         self.request_id = 0
         self.live_request_id = 0
@@ -215,7 +217,7 @@ class TranslateApp(App):
         prompt.focus()
         self._update_subtitle()
         self.on_resize()
-        self.load_model(self.model_path)
+        self.use_model(self.model_path)
 
     def on_resize(self, event: events.Resize | None = None) -> None:
         # The event's size: the app's own size is still the previous one while this handler runs.
@@ -240,15 +242,21 @@ class TranslateApp(App):
     # -- model loading ----------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="load")
     def load_model(self, path: Path) -> None:
-        self.loading = True
-        self.call_from_thread(self._update_subtitle)
         start = time.perf_counter()
         try:
             translator = self.loader(path)
         except Exception as e:  # noqa: BLE001 - any failure becomes a notification
             self.post_message(ModelFailed(str(path), str(e).splitlines()[0] if str(e) else type(e).__name__))
             return
+        if get_current_worker().is_cancelled:
+            return  # another model was chosen while this one loaded
         self.post_message(ModelLoaded(translator, time.perf_counter() - start))
+
+    def _drop_pending(self, status: str, error: str) -> None:
+        pending, self.pending = self.pending, None
+        for ex in pending[0] if pending else ():
+            ex.status, ex.error = status, error
+            self._refresh_view(ex)
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.translator = message.translator
@@ -263,8 +271,11 @@ class TranslateApp(App):
 
     def on_model_failed(self, message: ModelFailed) -> None:
         self.loading = False
+        self.load_error = f"could not load {Path(message.path).name}: {message.error}"
         self._update_subtitle()
-        self.notify(f"Could not load the model: {message.error}", severity="error", timeout=10)
+        self.notify(f"Could not load the model: {message.error}", severity="error", timeout=10, markup=False)
+        if self.pending is not None:  # requests that waited for this model will not get it
+            self._drop_pending("failed", f"{self.load_error}. {NO_MODEL_HINT}")
 
     # -- translating ------------------------------------------------------------------------------
     @on(Input.Submitted, "#prompt")
@@ -273,6 +284,8 @@ class TranslateApp(App):
         if not text.strip():
             self.notify("Type a sentence to translate (empty input is not translated).", severity="warning", timeout=3)
             return
+        if self._no_model():
+            return  # the input stays in the prompt
         if len(text) > MAX_INPUT_CHARS:
             self.notify(f"Input is {len(text):,} characters; the limit is {MAX_INPUT_CHARS:,}. Nothing was translated.",
                         severity="error", timeout=6)
@@ -284,10 +297,13 @@ class TranslateApp(App):
         self._cancel_live()
         self.translate(text)
 
-    def translate(self, text: str, config: DecodeConfig | None = None, prefix: list[int] | None = None, note: str = "") -> list[Exchange]:
-        """Add exchanges for `text` (one per sentence) and start decoding
-        them in order; queued until the model is loaded."""
+    def translate(self, text: str, config: DecodeConfig | None = None, prefix: list[int] | None = None, note: str = "",
+                  compare: dict[str, tuple[str, str]] | None = None) -> list[Exchange]:
+        """Add exchanges for `text` (one per sentence) and start decoding them in order; queued until the
+        model is loaded. compare: source -> (label, text) of an earlier result, shown beneath the new one."""
         config = config or self.decode_config
+        if self._no_model():
+            return []
         self.last_input = text
         segments = [text]
         if self.translator is not None and prefix is None and hasattr(self.translator, "segments"):
@@ -305,7 +321,8 @@ class TranslateApp(App):
         exchanges = []
         for i, segment in enumerate(segments):
             label = config.describe() + (f" · {note}" if note else "") + (f" · sentence {i + 1}/{len(segments)}" if len(segments) > 1 else "")
-            exchanges.append(Exchange(self._next_exchange_id(exchanges), segment, label, model))
+            exchanges.append(Exchange(self._next_exchange_id(exchanges), segment, label, model,
+                                      compare=(compare or {}).get(segment)))
         self.exchanges.extend(exchanges)
         self.query_one("#welcome").display = False
         self._show_exchanges(exchanges)
@@ -317,6 +334,14 @@ class TranslateApp(App):
         else:
             self._start_request(exchanges, config, prefix)
         return exchanges
+
+    def _no_model(self) -> bool:
+        """True, after saying so, when no model is loaded and none is loading: a request would wait forever."""
+        if self.translator is not None or self.loading:
+            return False
+        self.notify(f"No model is loaded ({self.load_error or 'none chosen'}). {NO_MODEL_HINT}",
+                    severity="error", timeout=8, markup=False)
+        return True
 
     def _show_exchanges(self, exchanges: list[Exchange]) -> None:
         """Add views of `exchanges` at the end of the transcript, keeping the last MAX_VISIBLE_EXCHANGES on screen.
@@ -628,16 +653,34 @@ class TranslateApp(App):
         self.decode_config = self.decode_config.with_(strategy=strategy, top_beams=self.decode_config.top_beams if strategy == "beam" else 1)
 
     def action_rerun(self) -> None:
+        """Translate the last input again; each new exchange shows the earlier result beneath it, to compare."""
         text = self.last_input or next((e.source for e in reversed(self.exchanges)), "")
         if not text:
             self.notify("Nothing to re-translate yet.", timeout=2)
             return
-        self.translate(text)
+        earlier = {}
+        for e in self.exchanges:  # the latest result for each sentence
+            if e.text and e.status in ("done", "restored"):
+                earlier[e.source] = e
+        self.translate(text, compare={source: (e.label, e.text) for source, e in earlier.items()})
 
     def action_retranslate(self, exchange_id: int) -> None:
+        """Translate a restored exchange again, with the model that made it when it is available (an English
+        source sent to fr-en would come back as invented output)."""
         ex = self._find(exchange_id)
-        if ex is not None:
-            self.translate(ex.source)
+        if ex is None:
+            return
+        current = self.translator.name if self.translator is not None else self.model_path.name
+        if ex.model and ex.model != current:
+            other = next((p for p in self.models if p.name == ex.model), None)
+            if other is not None:
+                self.notify(f"Translating with {ex.model}, the model that made this exchange (F3 to change).",
+                            timeout=5, markup=False)
+                self.use_model(other)
+            else:
+                self.notify(f"This exchange was made with {ex.model}, which is not available; translating with {current}.",
+                            severity="warning", timeout=6, markup=False)
+        self.translate(ex.source)
 
     def action_swap_model(self) -> None:
         if len(self.models) < 2:
@@ -650,8 +693,11 @@ class TranslateApp(App):
         self.use_model(self.models[(i + 1) % len(self.models)])
 
     def use_model(self, path: Path) -> None:
+        # Requests queued for the previous model are not fed to this one (French input to en-fr).
+        self._drop_pending("cancelled", "")
         self.model_path = Path(path)
         self.translator = None
+        self.loading = True
         self.load_model(self.model_path)
         self._update_subtitle()
 

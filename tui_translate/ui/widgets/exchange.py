@@ -33,6 +33,7 @@ class Exchange:
     error: str = ""
     restored_text: str = ""
     restored_meta: dict = field(default_factory=dict)
+    compare: tuple[str, str] | None = None  # (label, text) of an earlier result for the same source (re-run)
 
     @property
     def text(self) -> str:
@@ -148,6 +149,12 @@ class ExchangeView(Vertical):
     def on_mount(self) -> None:
         self.refresh_exchange()
 
+    def _show_compare(self, before) -> None:
+        if self.exchange.compare is not None:
+            label, text = self.exchange.compare
+            line = Text("before · ", style="italic") + Text(label, style="italic") + Text(": ") + Text(text)
+            self.mount(Static(line, classes="compare"), before=before)
+
     def refresh_exchange(self) -> None:
         ex = self.exchange
         meta = self.query_one(".meta", Static)
@@ -161,6 +168,7 @@ class ExchangeView(Vertical):
                 rank = f"{i + 1}. " if len(t.hypotheses) > 1 else ""
                 strips.append(TokenStrip(ex.id, i, h, rank, classes="tokens" + (" nbest" if i else "")))
             self.mount_all(strips, before=meta)
+            self._show_compare(meta)
             score = f" · score {t.best.score:.3f}"
             extra = "" if t.best.finished else " · stopped at the length limit"
             nb = f" · {len(t.hypotheses)}-best" if len(t.hypotheses) > 1 else ""
@@ -175,6 +183,7 @@ class ExchangeView(Vertical):
         else:
             status = {"running": "translating…", "cancelled": "cancelled", "failed": f"failed: {ex.error}"}.get(ex.status, ex.status)
             self.mount(Static(Text(ex.partial or "…", style="italic"), classes="partial"), before=meta)
+            self._show_compare(meta)
             meta.update(f"{ex.model} · {ex.label} · {status}")
 
     def update_partial(self, text: str, step: int) -> None:
