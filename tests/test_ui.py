@@ -608,3 +608,27 @@ async def test_rerun_shows_the_earlier_result_beneath_the_new_one(tmp_path):
             view = app.query_one(f"#ex-{new.id}")
             shown = str(view.query_one(".compare").render())
             assert "greedy" in shown and old.text in shown and new.text != old.text
+
+
+async def test_strategy_panel_starts_on_the_active_strategy_and_an_empty_seed_means_random(tmp_path):
+    """Bug 10: the panel highlighted greedy with beam active (Up+Enter then picked sample); an empty seed
+    gave "seed: '' is not a valid int"."""
+    app = TranslateApp(fake_loader(), FR, [FR, EN], store=Store(None), export_dir=tmp_path, decode_config=DecodeConfig(strategy="beam"))
+    async with app.run_test(size=(100, 36)) as pilot:
+        await pilot.press("f2")
+        await pilot.pause()
+        await pilot.press("up", "enter")  # the highlight moves from beam to greedy and presses it
+        await pilot.pause()
+        assert app.screen.query_one("#strategy").pressed_button.id == "strategy-greedy"
+        await pilot.press("down", "down", "enter")
+        await pilot.pause()
+        app.screen.query_one("#seed").value = ""
+        await pilot.click("#apply")
+        await pilot.pause()
+        assert app.decode_config.strategy == "sample" and app.decode_config.seed is None
+        # feature 14: each run draws a fresh seed and its label names it, so the sample can be reproduced
+        await submit(pilot, app, "le chat dort")
+        await submit(pilot, app, "le chat dort")
+        seeds = [call[1].seed for call in app.translator.calls]
+        assert all(isinstance(x, int) for x in seeds) and seeds[0] != seeds[1]
+        assert [f"seed={x}" in e.label for x, e in zip(seeds, app.exchanges)] == [True, True]

@@ -12,6 +12,7 @@ worker that checks for cancellation between decoding steps and talks to the UI o
 from __future__ import annotations
 
 import gc
+import random
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -304,6 +305,9 @@ class TranslateApp(App):
         config = config or self.decode_config
         if self._no_model():
             return []
+        if config.strategy == "sample" and config.seed is None:
+            # no seed chosen: a fresh one per run, written in the label so the sample can be reproduced
+            config = config.with_(seed=random.randrange(2**31))
         self.last_input = text
         segments = [text]
         if self.translator is not None and prefix is None and hasattr(self.translator, "segments"):

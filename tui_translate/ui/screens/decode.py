@@ -23,6 +23,19 @@ FIELDS = [
 STRATEGIES = ("greedy", "beam", "sample")
 
 
+class StrategySet(RadioSet):
+    """A RadioSet whose keyboard highlight starts on the pressed button: RadioSet highlights the first
+    button on mount, so with beam active Up+Enter picked sample."""
+
+    def _on_mount(self, event) -> None:
+        # Textual runs RadioSet's own mount handler after this one (it highlights the first button).
+        self.call_later(self._highlight_pressed)
+
+    def _highlight_pressed(self) -> None:
+        if self.pressed_index >= 0:
+            self._selected = self.pressed_index
+
+
 class DecodeScreen(ModalScreen[tuple[DecodeConfig, bool] | None]):
     """Dismisses with (config, rerun_last) or None when cancelled."""
 
@@ -35,13 +48,15 @@ class DecodeScreen(ModalScreen[tuple[DecodeConfig, bool] | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="decode-dialog"):
             yield Static("Decoding strategy", classes="title")
-            with RadioSet(id="strategy"):
+            with StrategySet(id="strategy"):
                 for s in STRATEGIES:
                     yield RadioButton(s, value=s == self.config.strategy, id=f"strategy-{s}")
             with Grid(id="decode-fields"):
                 for fid, label, attr, _, group in FIELDS:
                     yield Label(label, classes=f"field-label {group}")
-                    yield Input(str(getattr(self.config, attr)), id=fid, classes=group)
+                    value = getattr(self.config, attr)
+                    yield Input("" if value is None else str(value), id=fid, classes=group,
+                                placeholder="random" if attr == "seed" else "")
             yield Static("", id="decode-error")
             with Horizontal(id="decode-buttons"):
                 yield Button("Apply", id="apply", variant="primary")
@@ -68,6 +83,9 @@ class DecodeScreen(ModalScreen[tuple[DecodeConfig, bool] | None]):
         values: dict = {"strategy": self._strategy()}
         for fid, label, attr, kind, _ in FIELDS:
             raw = self.query_one(f"#{fid}", Input).value.strip()
+            if attr == "seed" and not raw:
+                values[attr] = None  # a fresh seed for every run, shown in the exchange's label
+                continue
             try:
                 values[attr] = kind(raw)
             except ValueError:
