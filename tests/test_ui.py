@@ -632,3 +632,30 @@ async def test_strategy_panel_starts_on_the_active_strategy_and_an_empty_seed_me
         seeds = [call[1].seed for call in app.translator.calls]
         assert all(isinstance(x, int) for x in seeds) and seeds[0] != seeds[1]
         assert [f"seed={x}" in e.label for x, e in zip(seeds, app.exchanges)] == [True, True]
+
+
+async def test_strings_from_users_and_files_are_never_parsed_as_markup(tmp_path):
+    """Issue 18 item 4: a transcript record with "model": "[/]" crashed the app at every start, and so did a
+    model path or name containing `[/]`."""
+    store = Store(tmp_path / "data")
+    store.save_transcript([{"source": "[b]le chat[/", "translation": "[/]", "strategy": "[red]", "model": "[/]"}])
+    app = TranslateApp(fake_loader(), Path("/models/no[/]broken"), [Path("/models/no[/]broken"), Path("/models/[b]fr-en")],
+                       store=store, export_dir=tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: any("Could not load" in n.message for n in app._notifications))
+        await pilot.pause()
+        assert "[/]" in str(app.query_one(".exchange .meta").render())
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: app.translator is not None)
+        await submit(pilot, app, "le [/] chat [b]")
+        app.select_token(app.exchanges[-1].id, 0, 1)
+        await pilot.press("f6", *" [/]")
+        await pilot.pause(0.5)
+        await pilot.press("f2")
+        app.screen.query_one("#seed").value = "[/]"
+        await pilot.click("#strategy-sample")
+        await pilot.click("#apply")
+        await pilot.pause()
+        assert "[/]" in str(app.screen.query_one("#decode-error").render())
+        app.save_screenshot(str(tmp_path / "shot.svg"))
+        assert "[b]fr-en" in app.sub_title

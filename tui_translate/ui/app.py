@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -177,6 +178,11 @@ class TranslateApp(App):
         self._done_timer: Timer | None = None
         self._last_done_flush = 0.0
         self.set_reactive(TranslateApp.decode_config, decode_config or DecodeConfig())
+
+    def notify(self, message: str, *, markup: bool = False, **kw) -> None:
+        """Notifications carry model names, paths, errors and translations: shown as plain text, never
+        parsed as markup (a model called `[/]` crashed the app)."""
+        super().notify(message, markup=markup, **kw)
 
     # -- layout ---------------------------------------------------------------------------------
     def get_default_screen(self) -> Screen:
@@ -532,7 +538,7 @@ class TranslateApp(App):
     def _show_live(self, request_id: int, text: str, partial: bool) -> None:
         if request_id != self.live_request_id or not self.live:
             return
-        self.query_one("#live-preview", Static).update(f"[dim]live ›[/] {text}{' …' if partial else ''}")
+        self.query_one("#live-preview", Static).update(Text.assemble(("live › ", "dim"), text, " …" if partial else ""))
 
     def _cancel_live(self) -> None:
         if self._live_timer is not None:
@@ -593,8 +599,8 @@ class TranslateApp(App):
         piece = display_piece(h.pieces[ti])
         prob = h.token_probs[ti]
         forced = " (forced)" if ti < h.prefix_length else ""
-        title.update(f"[b]{piece}[/b]{forced} · p={prob:.3f} · token {ti + 1}/{len(h.pieces)} · "
-                     f"{'hypothesis ' + str(hi + 1) + ' · ' if len(t.hypotheses) > 1 else ''}#{ex.id} {t.config.describe()}")
+        title.update(Text.assemble((piece, "bold"), f"{forced} · p={prob:.3f} · token {ti + 1}/{len(h.pieces)} · "
+                     f"{'hypothesis ' + str(hi + 1) + ' · ' if len(t.hypotheses) > 1 else ''}#{ex.id} {t.config.describe()}"))
         weights = h.attention.cross[:, :, ti, :] if h.attention is not None else None  # (L, H, S)
         grid.set_data(weights, t.source_labels(), piece)
         matrix.set_data(t, hi, ti, grid.cursor, grid.aggregate)
@@ -603,7 +609,7 @@ class TranslateApp(App):
         options = []
         for k, a in enumerate(h.alternatives[ti]):
             mark = "●" if a.token_id == chosen else " "
-            options.append(Option(f"{mark} {a.prob:6.3f}  {display_piece(a.piece)}", id=f"alt-{k}"))
+            options.append(Option(Text(f"{mark} {a.prob:6.3f}  {display_piece(a.piece)}"), id=f"alt-{k}"))
         alts.add_options(options)
 
     def watch_show_matrix(self, show: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
@@ -98,7 +99,7 @@ class DecodeScreen(ModalScreen[tuple[DecodeConfig, bool] | None]):
         try:
             config = self.build()
         except ConfigError as e:
-            self.query_one("#decode-error", Static).update(f"[b red]{e}[/]")
+            self.query_one("#decode-error", Static).update(Text(str(e), style="bold red"))  # holds what was typed
             return
         self.dismiss((config, rerun))
 

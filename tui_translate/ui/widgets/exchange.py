@@ -172,19 +172,19 @@ class ExchangeView(Vertical):
             score = f" · score {t.best.score:.3f}"
             extra = "" if t.best.finished else " · stopped at the length limit"
             nb = f" · {len(t.hypotheses)}-best" if len(t.hypotheses) > 1 else ""
-            meta.update(f"{ex.model} · {ex.label} · {t.elapsed_s * 1000:.0f} ms{score}{nb}{extra}")
+            meta.update(Text(f"{ex.model} · {ex.label} · {t.elapsed_s * 1000:.0f} ms{score}{nb}{extra}"))
         elif ex.translation is not None:
             self.mount(Static(Text(ex.translation.note or "(nothing to translate)", style="italic"), classes="note"), before=meta)
-            meta.update(f"{ex.model} · {ex.label}")
+            meta.update(Text(f"{ex.model} · {ex.label}"))
         elif ex.status == "restored":
             click = Style(meta={"@click": f"app.retranslate({ex.id})"})
             self.mount(Static(Text(ex.restored_text, style=click), classes="restored"), before=meta)
-            meta.update(f"{ex.model} · {ex.label} · from an earlier session (click it to translate again and inspect)")
+            meta.update(Text(f"{ex.model} · {ex.label} · from an earlier session (click it to translate again and inspect)"))
         else:
             status = {"running": "translating…", "cancelled": "cancelled", "failed": f"failed: {ex.error}"}.get(ex.status, ex.status)
             self.mount(Static(Text(ex.partial or "…", style="italic"), classes="partial"), before=meta)
             self._show_compare(meta)
-            meta.update(f"{ex.model} · {ex.label} · {status}")
+            meta.update(Text(f"{ex.model} · {ex.label} · {status}"))
 
     def update_partial(self, text: str, step: int) -> None:
         self.exchange.partial = text
