@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 import subprocess
 import sys
@@ -659,3 +660,75 @@ async def test_strings_from_users_and_files_are_never_parsed_as_markup(tmp_path)
         assert "[/]" in str(app.screen.query_one("#decode-error").render())
         app.save_screenshot(str(tmp_path / "shot.svg"))
         assert "[b]fr-en" in app.sub_title
+
+
+@pytest.mark.parametrize("fault", ["file", "readonly", "full"])
+async def test_the_app_keeps_working_when_the_data_dir_cannot_be_written(tmp_path, monkeypatch, fault):
+    """Issue 18 item 3: Enter crashed the app when the data dir was a file, read-only or full (the history
+    save was outside the transcript save's guard). Now it says so once and loses nothing on screen."""
+    import errno
+
+    import tui_translate.ui.store as store_module
+
+    data = tmp_path / "data"
+    if fault == "file":
+        data.write_text("x")
+    else:
+        code = errno.EROFS if fault == "readonly" else errno.ENOSPC
+
+        def fail(*a, **k):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(store_module, "write_text", fail)
+        monkeypatch.setattr(store_module, "open", fail, raising=False)
+    app = make_app(tmp_path, store=True)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await submit(pilot, app, "le chat dort")
+        await submit(pilot, app, "je suis étudiant")
+        await pilot.press("up")
+        assert app.query_one("#prompt").value == "je suis étudiant"
+        assert [e.text for e in app.exchanges] == ["the cat sleeps", "i am a student"]
+        warnings = [n.message for n in app._notifications if "not being saved" in n.message]
+        assert len(warnings) == 1
+
+
+async def test_two_apps_on_one_data_dir_keep_every_entry(tmp_path):
+    """Issue 18 item 2: each instance overwrote the other's transcript and history; now both append."""
+    a, b = make_app(tmp_path, store=True), make_app(tmp_path, store=True)
+    async with a.run_test(size=(100, 32)) as pa, b.run_test(size=(100, 32)) as pb:
+        await submit(pa, a, "le chat dort")
+        await submit(pb, b, "je suis étudiant")
+        await submit(pa, a, "bonjour")
+        await submit(pb, b, "il est petit")
+    store = Store(tmp_path / "data")
+    assert [r["source"] for r in store.load_transcript()] == ["le chat dort", "je suis étudiant", "bonjour", "il est petit"]
+    assert store.load_history() == ["le chat dort", "je suis étudiant", "bonjour", "il est petit"]
+    c = make_app(tmp_path, store=True)
+    async with c.run_test(size=(100, 32)) as pilot:
+        await pilot.pause()
+        assert [e.text for e in c.exchanges] == ["the cat sleeps", "i am a student", "hello", "he is small"]
+
+
+def test_store_appends_from_many_writers_and_compacts_to_the_newest(tmp_path, monkeypatch):
+    import tui_translate.ui.store as store_module
+
+    stores = [Store(tmp_path), Store(tmp_path)]
+
+    def write(k: int) -> None:
+        for i in range(30):
+            stores[k].add_history(f"{k}-{i}")
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    history = Store(tmp_path).load_history()
+    for k in (0, 1):  # nothing lost, each writer's entries in its own order
+        assert [x for x in history if x.startswith(f"{k}-")] == [f"{k}-{i}" for i in range(30)]
+    monkeypatch.setattr(store_module, "MAX_HISTORY", 10)
+    one = Store(tmp_path / "one")
+    for i in range(25):
+        one.add_history(str(i))
+    assert len((tmp_path / "one" / "history.jsonl").read_text().splitlines()) <= 20  # compacted past twice the limit
+    assert one.load_history() == [str(i) for i in range(15, 25)]

@@ -71,10 +71,13 @@ class HistoryInput(Input):
         self._pos = 0
         self._draft = ""
 
-    def remember(self, text: str) -> None:
-        if text and (not self.history or self.history[-1] != text):
+    def remember(self, text: str) -> bool:
+        """Add `text` to the history unless it repeats the last entry; True when added."""
+        added = bool(text) and (not self.history or self.history[-1] != text)
+        if added:
             self.history.append(text)
         self._pos = len(self.history)
+        return added
 
     def _on_paste(self, event: events.Paste) -> None:
         """A multi-line paste is kept whole (Input keeps the first line only): lines are joined with spaces
@@ -157,6 +160,7 @@ class TranslateApp(App):
         self.export_dir = export_dir or Path.cwd()
         self.translator: Any = None
         self.loading = False
+        self._store_failed = False  # a write to the data directory failed and the user was told
         self.load_error = ""  # why the last model failed to load, shown when a request finds no model
         self.exchanges: list[Exchange] = []
         self.request_id = 0
@@ -298,8 +302,8 @@ class TranslateApp(App):
                         severity="error", timeout=6)
             return
         prompt = self.query_one("#prompt", HistoryInput)
-        prompt.remember(text)
-        self.store.save_history(prompt.history)
+        if prompt.remember(text):
+            self._persist(self.store.add_history, text)
         prompt.value = ""
         self._cancel_live()
         self.translate(text)
@@ -456,7 +460,7 @@ class TranslateApp(App):
         for ex in pending:
             self._refresh_view(ex)
         self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
-        self._save_transcript()
+        self._persist(self.store.add_transcript, [e.to_record() for e in pending if e.status == "done"])
         self._keep_gc_pauses_short(len(pending), request_finished=all(e.status != "running" for e in self.running))
         for ex in pending:
             # The inspector follows the first finished sentence of a request; later sentences of a
@@ -494,11 +498,16 @@ class TranslateApp(App):
         self._refresh_view(ex)
         self.notify(f"Translation failed: {message.error}", severity="error", timeout=8)
 
-    def _save_transcript(self) -> None:
+    def _persist(self, write: Callable[..., None], *args) -> None:
+        """Run a write to the data directory. When it fails (the directory is a file, read-only or full) the
+        app keeps working and says so once; what is on screen stays."""
         try:
-            self.store.save_transcript([e.to_record() for e in self.exchanges if e.status in ("done", "restored")])
+            write(*args)
         except OSError as e:
-            self.notify(f"Could not save the transcript: {e}", severity="warning")
+            if not self._store_failed:
+                self._store_failed = True
+                self.notify(f"History and transcript are not being saved ({e}); everything stays on screen.",
+                            severity="warning", timeout=10)
 
     def _next_exchange_id(self, extra: list[Exchange] = ()) -> int:
         return max((e.id for e in [*self.exchanges, *extra]), default=0) + 1
