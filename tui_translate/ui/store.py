@@ -32,9 +32,9 @@ LOCK_TIMEOUT_S = 2.0  # appends hold the lock for milliseconds; a stuck lock mus
 
 def _read_jsonl(path: Path) -> list[Any]:
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []  # missing or unreadable: nothing to restore (a failing write is reported by the app)
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []  # missing, unreadable or not text: nothing to restore (a failing write is reported by the app)
     out = []
     for line in lines:
         try:
