@@ -107,9 +107,9 @@ class MainScreen(Screen):
     the help."""
 
     def on_key(self, event: events.Key) -> None:
-        prompt = self.query_one("#prompt", HistoryInput)
         if not event.is_printable or event.character is None or isinstance(self.focused, Input):
             return
+        prompt = self.query_one("#prompt", HistoryInput)
         event.stop()
         event.prevent_default()
         prompt.focus()
@@ -190,7 +190,10 @@ class TranslateApp(App):
 
     # -- layout ---------------------------------------------------------------------------------
     def get_default_screen(self) -> Screen:
-        return MainScreen(id="_default")
+        # Widgets are looked up on this screen, not on `self.screen`, which is a dialog while one is open
+        # (a live-mode timer firing under the strategy panel found no prompt).
+        self.main_screen = MainScreen(id="_default")
+        return self.main_screen
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -213,8 +216,8 @@ class TranslateApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#alternatives", OptionList).border_title = "alternatives"
-        prompt = self.query_one("#prompt", HistoryInput)
+        self.main_screen.query_one("#alternatives", OptionList).border_title = "alternatives"
+        prompt = self.main_screen.query_one("#prompt", HistoryInput)
         for item in self.store.load_history():
             prompt.remember(item)
         for rec in self.store.load_transcript():
@@ -223,7 +226,7 @@ class TranslateApp(App):
                           status="restored", restored_text=str(rec.get("translation", "")), restored_meta=meta)
             self.exchanges.append(ex)
         if self.exchanges:
-            self.query_one("#welcome").display = False
+            self.main_screen.query_one("#welcome").display = False
             self._show_exchanges(self.exchanges)
         prompt.focus()
         self._update_subtitle()
@@ -235,7 +238,7 @@ class TranslateApp(App):
         width = event.size.width if event is not None else self.size.width
         self.screen.set_class(width >= WIDE_COLUMNS, "wide")
         # A new width re-wraps the transcript; keep its newest exchange in view once that layout is done.
-        transcript = self.query_one("#transcript", VerticalScroll)
+        transcript = self.main_screen.query_one("#transcript", VerticalScroll)
         self.call_after_refresh(transcript.scroll_end, animate=False)
 
     def _update_subtitle(self) -> None:
@@ -301,7 +304,7 @@ class TranslateApp(App):
             self.notify(f"Input is {len(text):,} characters; the limit is {MAX_INPUT_CHARS:,}. Nothing was translated.",
                         severity="error", timeout=6)
             return
-        prompt = self.query_one("#prompt", HistoryInput)
+        prompt = self.main_screen.query_one("#prompt", HistoryInput)
         if prompt.remember(text):
             self._persist(self.store.add_history, text)
         prompt.value = ""
@@ -338,7 +341,7 @@ class TranslateApp(App):
             exchanges.append(Exchange(self._next_exchange_id(exchanges), segment, label, model,
                                       compare=(compare or {}).get(segment)))
         self.exchanges.extend(exchanges)
-        self.query_one("#welcome").display = False
+        self.main_screen.query_one("#welcome").display = False
         self._show_exchanges(exchanges)
         self.running = exchanges
         if self.translator is None:
@@ -364,7 +367,7 @@ class TranslateApp(App):
         60 exchanges on the 2-core VM), so older views are removed before the new ones are mounted, in one
         batch: never more than the limit at once (mounting first made 120 for a moment, 70 ms layouts), and
         a long paste or a restored transcript mounts only the views that stay."""
-        transcript = self.query_one("#transcript", VerticalScroll)
+        transcript = self.main_screen.query_one("#transcript", VerticalScroll)
         shown = exchanges[-MAX_VISIBLE_EXCHANGES:]
         views = [v for v in transcript.query(ExchangeView) if v.display]  # not those already being removed
         excess = len(views) + len(shown) - MAX_VISIBLE_EXCHANGES
@@ -411,7 +414,7 @@ class TranslateApp(App):
 
     def _view(self, ex: Exchange) -> ExchangeView | None:
         try:
-            return self.query_one(f"#ex-{ex.id}", ExchangeView)
+            return self.main_screen.query_one(f"#ex-{ex.id}", ExchangeView)
         except Exception:
             return None
 
@@ -459,7 +462,7 @@ class TranslateApp(App):
         self._last_done_flush = time.monotonic()
         for ex in pending:
             self._refresh_view(ex)
-        self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
+        self.main_screen.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
         self._persist(self.store.add_transcript, [e.to_record() for e in pending if e.status == "done"])
         self._keep_gc_pauses_short(len(pending), request_finished=all(e.status != "running" for e in self.running))
         for ex in pending:
@@ -519,11 +522,12 @@ class TranslateApp(App):
             return
         if self._live_timer is not None:
             self._live_timer.stop()
-        self._live_timer = self.set_timer(LIVE_DEBOUNCE_S, self._live_translate)
+        # on the prompt: the timer stops with it when the app closes
+        self._live_timer = self.main_screen.query_one("#prompt").set_timer(LIVE_DEBOUNCE_S, self._live_translate)
 
     def _live_translate(self) -> None:
-        text = self.query_one("#prompt", HistoryInput).value
-        preview = self.query_one("#live-preview", Static)
+        text = self.main_screen.query_one("#prompt", HistoryInput).value
+        preview = self.main_screen.query_one("#live-preview", Static)
         if not text.strip() or self.translator is None or len(text) > MAX_INPUT_CHARS:
             preview.update("")
             return
@@ -547,7 +551,7 @@ class TranslateApp(App):
     def _show_live(self, request_id: int, text: str, partial: bool) -> None:
         if request_id != self.live_request_id or not self.live:
             return
-        self.query_one("#live-preview", Static).update(Text.assemble(("live › ", "dim"), text, " …" if partial else ""))
+        self.main_screen.query_one("#live-preview", Static).update(Text.assemble(("live › ", "dim"), text, " …" if partial else ""))
 
     def _cancel_live(self) -> None:
         if self._live_timer is not None:
@@ -555,10 +559,10 @@ class TranslateApp(App):
             self._live_timer = None
         self.live_request_id += 1
         self.workers.cancel_group(self, "live")
-        self.query_one("#live-preview", Static).update("")
+        self.main_screen.query_one("#live-preview", Static).update("")
 
     def watch_live(self, live: bool) -> None:
-        self.query_one("#live-preview", Static).display = live
+        self.main_screen.query_one("#live-preview", Static).display = live
         self._update_subtitle()
         if not live:
             self._cancel_live()
@@ -586,17 +590,17 @@ class TranslateApp(App):
             return
         self.selection = (exchange_id, hypothesis, token)
         view = self._view(ex)
-        for other in self.query(TokenStrip):
+        for other in self.main_screen.query(TokenStrip):
             mine = view is not None and other.parent is view and other.index == hypothesis
             other.selected = token if mine else -1
         self._update_inspector()
 
     def _update_inspector(self) -> None:
         got = self.selected_translation()
-        grid = self.query_one("#grid", AttentionGrid)
-        matrix = self.query_one("#matrix", MatrixView)
-        alts = self.query_one("#alternatives", OptionList)
-        title = self.query_one("#inspector-title", Static)
+        grid = self.main_screen.query_one("#grid", AttentionGrid)
+        matrix = self.main_screen.query_one("#matrix", MatrixView)
+        alts = self.main_screen.query_one("#alternatives", OptionList)
+        title = self.main_screen.query_one("#inspector-title", Static)
         if got is None:
             grid.set_data(None, [], "")
             matrix.set_data(None, 0, 0, (0, 0), grid.aggregate)
@@ -622,14 +626,14 @@ class TranslateApp(App):
         alts.add_options(options)
 
     def watch_show_matrix(self, show: bool) -> None:
-        self.query_one("#views", ContentSwitcher).current = "matrix-scroll" if show else "grid-scroll"
+        self.main_screen.query_one("#views", ContentSwitcher).current = "matrix-scroll" if show else "grid-scroll"
 
     def on_cell_focused(self, message: CellFocused) -> None:
         self._sync_matrix()
 
     def _sync_matrix(self) -> None:
-        grid = self.query_one("#grid", AttentionGrid)
-        matrix = self.query_one("#matrix", MatrixView)
+        grid = self.main_screen.query_one("#grid", AttentionGrid)
+        matrix = self.main_screen.query_one("#matrix", MatrixView)
         got = self.selected_translation()
         if got is not None:
             matrix.set_data(got[1], got[2], got[3], grid.cursor, grid.aggregate)
@@ -725,7 +729,7 @@ class TranslateApp(App):
         self._sync_matrix()
 
     def action_cycle_matrix_kind(self) -> None:
-        matrix = self.query_one("#matrix", MatrixView)
+        matrix = self.main_screen.query_one("#matrix", MatrixView)
         matrix.kind = MATRIX_KINDS[(MATRIX_KINDS.index(matrix.kind) + 1) % len(MATRIX_KINDS)]
         self.show_matrix = True
         self._sync_matrix()
@@ -738,22 +742,22 @@ class TranslateApp(App):
         self.confidence = not self.confidence
 
     def watch_confidence(self, value: bool) -> None:
-        for strip in self.query(TokenStrip):
+        for strip in self.main_screen.query(TokenStrip):
             strip.confidence = value
 
     def action_toggle_aggregate(self) -> None:
-        grid = self.query_one("#grid", AttentionGrid)
+        grid = self.main_screen.query_one("#grid", AttentionGrid)
         grid.aggregate = AGGREGATES[(AGGREGATES.index(grid.aggregate) + 1) % len(AGGREGATES)]
         self._sync_matrix()
 
     def action_leave_input(self) -> None:
         if self.focused is not None and self.focused.id == "prompt":
-            strips = list(self.query(TokenStrip))
+            strips = list(self.main_screen.query(TokenStrip))
             if strips:  # the best hypothesis of the last translated exchange
                 last = strips[-1].exchange_id
                 next(s for s in strips if s.exchange_id == last and s.index == 0).focus()
         else:
-            self.query_one("#prompt").focus()
+            self.main_screen.query_one("#prompt").focus()
 
     def action_copy(self) -> None:
         got = self.selected_translation()
@@ -777,8 +781,8 @@ class TranslateApp(App):
         if got is None:
             self.notify("Select an output token first.", severity="warning", timeout=3)
             return
-        grid = self.query_one("#grid", AttentionGrid)
-        matrix = self.query_one("#matrix", MatrixView)
+        grid = self.main_screen.query_one("#grid", AttentionGrid)
+        matrix = self.main_screen.query_one("#matrix", MatrixView)
         try:
             paths = export_attention(self, got, grid, matrix, self.show_matrix, self.export_dir)
         except OSError as e:
