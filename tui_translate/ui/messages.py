@@ -4,16 +4,16 @@ result from a cancelled or superseded request is recognised and dropped."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from textual.message import Message
 
+from ..protocols import TranslatorLike
 from ..results import PartialTranslation, Translation
 
 
 @dataclass
 class ModelLoaded(Message):
-    translator: Any
+    translator: TranslatorLike
     seconds: float
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from rich.color import Color
 from rich.style import Style
 from rich.text import Text
@@ -15,41 +13,9 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from ...colormap import confidence_color, contrast_ratio
-from ...results import Hypothesis, Translation, WORD_START
+from ...results import Hypothesis, WORD_START
 from ..messages import TokenSelected
-
-
-@dataclass
-class Exchange:
-    """The app's record of one request and its outcome."""
-
-    id: int
-    source: str
-    label: str  # strategy and parameters
-    model: str
-    translation: Translation | None = None
-    partial: str = ""
-    status: str = "running"  # running | done | cancelled | failed | restored
-    error: str = ""
-    restored_text: str = ""
-    restored_meta: dict = field(default_factory=dict)
-    compare: tuple[str, str] | None = None  # (label, text) of an earlier result for the same source (re-run)
-
-    @property
-    def text(self) -> str:
-        if self.translation is not None:
-            return self.translation.text
-        return self.restored_text or self.partial
-
-    def to_record(self) -> dict:
-        t = self.translation
-        rec = {"source": self.source, "translation": self.text, "strategy": self.label, "model": self.model, "status": self.status}
-        if t is not None:
-            rec.update({"elapsed_s": round(t.elapsed_s, 4), "score": round(t.best.score, 4) if t.hypotheses else None,
-                        "nbest": [h.text for h in t.hypotheses[1:]]})
-        elif self.restored_meta:
-            rec.update(self.restored_meta)
-        return rec
+from ..requests import Exchange
 
 
 def confidence_style(prob: float) -> Style:

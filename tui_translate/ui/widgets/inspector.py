@@ -3,19 +3,27 @@ matrix views, and the alternatives the model considered at that position."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from rich.console import Group
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
+from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
+from textual.widgets import ContentSwitcher, OptionList, Static
+from textual.widgets.option_list import Option
 
 from ...colormap import hex_color, text_color_on
 from ...render import heatmap_table, legend
-from ...results import Translation, display_piece
+from ...results import Alternative, Translation, display_piece
 from ..messages import CellFocused
+from ..requests import Exchange
 
 AGGREGATES = ("mean", "max")
 MATRIX_KINDS = ("cross", "encoder", "decoder")
@@ -72,7 +80,9 @@ class AttentionGrid(Widget, can_focus=True):
         self.target_label = target_label
         if weights is not None:
             r, c = self.cursor
-            self.cursor = (min(r, weights.shape[0]), min(c, weights.shape[1]))
+            # without the watcher: the inspector updates the matrix view itself, once (CellFocused is for
+            # the user's moves)
+            self.set_reactive(AttentionGrid.cursor, (min(r, weights.shape[0]), min(c, weights.shape[1])))
         self.refresh(layout=True)
 
     @property
@@ -190,3 +200,127 @@ class MatrixView(Widget):
             return Text("No attention to show yet: translate something and select a token.", style="dim italic")
         m, rows, cols, title = got
         return Group(Text(title, style="bold"), heatmap_table(m, rows, cols), legend(16))
+
+
+class Inspector(Vertical):
+    """The attention inspector for one selected output token: a title, the (layer × head) grid or the full
+    matrix (F4; F9 cycles its kind), and the alternatives at that position. It owns the selection."""
+
+    @dataclass
+    class AlternativeChosen(Message):
+        """The user picked an alternative token: re-translate with it forced at that position."""
+
+        exchange: Exchange
+        hypothesis: int
+        token: int
+        alternative: Alternative
+
+        @property
+        def prefix(self) -> list[int]:
+            """The tokens before the chosen one, then the chosen one: forced at the start of the new decode."""
+            h = self.exchange.translation.hypotheses[self.hypothesis]
+            return list(h.token_ids[:self.token]) + [self.alternative.token_id]
+
+        @property
+        def note(self) -> str:
+            return f"forced “{display_piece(self.alternative.piece)}” at token {self.token + 1}"
+
+    selection: reactive[tuple[int, int, int] | None] = reactive(None)  # (exchange id, hypothesis, token)
+    show_matrix: reactive[bool] = reactive(False)
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.exchange: Exchange | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("Attention inspector", id="inspector-title")
+        with Horizontal(id="inspector-body"):
+            with ContentSwitcher(initial="grid-scroll", id="views"):
+                with VerticalScroll(id="grid-scroll"):
+                    yield AttentionGrid(id="grid")
+                with VerticalScroll(id="matrix-scroll"):
+                    yield MatrixView(id="matrix")
+            yield OptionList(id="alternatives")
+
+    def on_mount(self) -> None:
+        self.query_one("#alternatives", OptionList).border_title = "alternatives"
+
+    @property
+    def grid(self) -> AttentionGrid:
+        return self.query_one("#grid", AttentionGrid)
+
+    @property
+    def matrix(self) -> MatrixView:
+        return self.query_one("#matrix", MatrixView)
+
+    def show(self, exchange: Exchange, hypothesis: int, token: int) -> bool:
+        """Inspect `token` of `hypothesis` of a translated exchange; False when there is no such token."""
+        t = exchange.translation
+        if t is None or hypothesis >= len(t.hypotheses):
+            return False
+        self.exchange = exchange
+        self.selection = (exchange.id, hypothesis, token)
+        return True
+
+    def selected(self) -> tuple[Exchange, Translation, int, int] | None:
+        """(exchange, translation, hypothesis, token) of the selection, or None."""
+        if self.selection is None or self.exchange is None or self.exchange.translation is None:
+            return None
+        return self.exchange, self.exchange.translation, self.selection[1], self.selection[2]
+
+    def watch_selection(self) -> None:
+        got = self.selected()
+        grid, alts = self.grid, self.query_one("#alternatives", OptionList)
+        alts.clear_options()
+        if got is None:
+            grid.set_data(None, [], "")
+            self.matrix.set_data(None, 0, 0, (0, 0), grid.aggregate)
+            return
+        ex, t, hi, ti = got
+        h = t.hypotheses[hi]
+        ti = min(ti, len(h.pieces) - 1)
+        piece = display_piece(h.pieces[ti])
+        forced = " (forced)" if ti < h.prefix_length else ""
+        nbest = f"hypothesis {hi + 1} · " if len(t.hypotheses) > 1 else ""
+        self.query_one("#inspector-title", Static).update(Text.assemble(
+            (piece, "bold"), f"{forced} · p={h.token_probs[ti]:.3f} · token {ti + 1}/{len(h.pieces)} · {nbest}#{ex.id} {t.config.describe()}"))
+        grid.set_data(h.attention.cross[:, :, ti, :] if h.attention is not None else None, t.source_labels(), piece)  # (L, H, S)
+        self._sync_matrix()
+        chosen = h.token_ids[ti]
+        alts.add_options([Option(Text(f"{'●' if a.token_id == chosen else ' '} {a.prob:6.3f}  {display_piece(a.piece)}"), id=f"alt-{k}")
+                          for k, a in enumerate(h.alternatives[ti])])
+
+    def _sync_matrix(self) -> None:
+        got = self.selected()
+        if got is not None:
+            self.matrix.set_data(got[1], got[2], got[3], self.grid.cursor, self.grid.aggregate)
+
+    def on_cell_focused(self, message: CellFocused) -> None:
+        message.stop()
+        self._sync_matrix()
+
+    def watch_show_matrix(self, show: bool) -> None:
+        self.query_one("#views", ContentSwitcher).current = "matrix-scroll" if show else "grid-scroll"
+
+    def toggle_matrix(self) -> None:
+        self.show_matrix = not self.show_matrix
+
+    def cycle_matrix_kind(self) -> None:
+        matrix = self.matrix
+        matrix.kind = MATRIX_KINDS[(MATRIX_KINDS.index(matrix.kind) + 1) % len(MATRIX_KINDS)]
+        self.show_matrix = True
+        self._sync_matrix()
+
+    def toggle_aggregate(self) -> None:
+        grid = self.grid
+        grid.aggregate = AGGREGATES[(AGGREGATES.index(grid.aggregate) + 1) % len(AGGREGATES)]
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        got = self.selected()
+        if got is None:
+            return
+        ex, t, hi, ti = got
+        h = t.hypotheses[hi]
+        if ti < len(h.alternatives) and event.option_index < len(h.alternatives[ti]):
+            self.post_message(self.AlternativeChosen(ex, hi, ti, h.alternatives[ti][event.option_index]))

@@ -1,0 +1,151 @@
+"""What the keys and the command palette do, live mode, and writes to the data directory (mixed into
+TranslateApp; the bindings live in app.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .exporting import export_attention, export_transcript
+from .screens.decode import DecodeScreen
+from .screens.help import HelpScreen
+from .widgets.live import LivePreview
+from .widgets.prompt import MAX_INPUT_CHARS, Prompt
+
+
+class AppActions:
+    """Actions of TranslateApp; `self` is the app."""
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_strategy(self) -> None:
+        def done(result) -> None:
+            if result is not None:
+                config, rerun = result
+                self.decode_config = config
+                self.notify(f"Strategy: {config.describe()}", timeout=2)
+                if rerun:
+                    self.action_rerun()
+
+        self.push_screen(DecodeScreen(self.decode_config), done)
+
+    def set_strategy(self, strategy: str) -> None:
+        self.decode_config = self.decode_config.with_(strategy=strategy, top_beams=self.decode_config.top_beams if strategy == "beam" else 1)
+
+    def action_rerun(self) -> None:
+        """Translate the last input again; each new exchange shows the earlier result beneath it, to compare."""
+        text = self.last_input or next((e.source for e in reversed(self.exchanges)), "")
+        if not text:
+            self.notify("Nothing to re-translate yet.", timeout=2)
+            return
+        earlier = {e.source: (e.label, e.text) for e in self.exchanges if e.text and e.status in ("done", "restored")}
+        self.translate(text, compare=earlier)  # the latest result for each sentence
+
+    def action_retranslate(self, exchange_id: int) -> None:
+        """Translate a restored exchange again, with the model that made it when it is available (an English
+        source sent to fr-en would come back as invented output)."""
+        ex = self.requests.find(exchange_id)
+        if ex is None:
+            return
+        current = self.translator.name if self.translator is not None else self.model_path.name
+        if ex.model and ex.model != current:
+            other = next((p for p in self.models if p.name == ex.model), None)
+            if other is not None:
+                self.notify(f"Translating with {ex.model}, the model that made this exchange (F3 to change).", timeout=5)
+                self.use_model(other)
+            else:
+                self.notify(f"This exchange was made with {ex.model}, which is not available; translating with {current}.",
+                            severity="warning", timeout=6)
+        self.translate(ex.source)
+
+    def action_swap_model(self) -> None:
+        if len(self.models) < 2:
+            self.notify("No other model directory found.", severity="warning", timeout=3)
+            return
+        i = self.models.index(self.model_path) if self.model_path in self.models else -1
+        self.use_model(self.models[(i + 1) % len(self.models)])
+
+    def action_toggle_matrix(self) -> None:
+        self.inspector.toggle_matrix()
+
+    def action_cycle_matrix_kind(self) -> None:
+        self.inspector.cycle_matrix_kind()
+
+    def action_toggle_aggregate(self) -> None:
+        self.inspector.toggle_aggregate()
+
+    def action_toggle_live(self) -> None:
+        self.live = not self.live
+        self.notify(f"Live mode {'on' if self.live else 'off'}", timeout=2)
+
+    def action_toggle_confidence(self) -> None:
+        self.transcript.confidence = not self.transcript.confidence
+
+    def action_leave_input(self) -> None:
+        if self.focused is self.prompt:
+            strip = self.transcript.last_translation()
+            if strip is not None:
+                strip.focus()
+        else:
+            self.prompt.focus()
+
+    def action_copy(self) -> None:
+        got = self.inspector.selected()
+        text = got[1].hypotheses[got[2]].text if got else next((e.text for e in reversed(self.exchanges) if e.text), "")
+        if not text:
+            self.notify("Nothing to copy yet.", timeout=2)
+            return
+        self.copy_to_clipboard(text)
+        self.notify(f"Copied: {text}", timeout=3)
+
+    def action_export_transcript(self) -> None:
+        try:
+            md, jsonl = export_transcript(self.exchanges, self.export_dir)
+        except OSError as e:
+            self.notify(f"Export failed: {e}", severity="error")
+            return
+        self.notify(f"Transcript exported to {md} and {jsonl}", timeout=8)
+
+    def action_export_attention(self) -> None:
+        got, inspector = self.inspector.selected(), self.inspector
+        if got is None:
+            self.notify("Select an output token first.", severity="warning", timeout=3)
+            return
+        try:
+            paths = export_attention(self, got, inspector.grid, inspector.matrix, inspector.show_matrix, Path(self.export_dir))
+        except OSError as e:
+            self.notify(f"Export failed: {e}", severity="error")
+            return
+        self.notify("Attention view exported: " + ", ".join(str(p) for p in paths), timeout=10)
+
+    # -- live mode ------------------------------------------------------------------------------------------
+    def on_prompt_live_text(self, message: Prompt.LiveText) -> None:
+        text, preview = message.text, self.main_screen.query_one(LivePreview)
+        if not self.live or not text.strip() or self.translator is None or len(text) > MAX_INPUT_CHARS:
+            preview.cancel()
+        else:
+            preview.translate(self.translator, text, self.decode_config)
+
+    def _cancel_live(self) -> None:
+        self.prompt.cancel_live()
+        self.main_screen.query_one(LivePreview).cancel()
+
+    def watch_live(self, live: bool) -> None:
+        self.main_screen.query_one(LivePreview).display = live
+        self._update_subtitle()
+        if not live:
+            self._cancel_live()
+        self.prompt.live = live
+
+    def _persist(self, write: Callable[..., None], *args) -> None:
+        """A write to the data directory. When it fails (the directory is a file, read-only or full) the app
+        keeps working and says so once; what is on screen stays."""
+        try:
+            write(*args)
+        except OSError as e:
+            if not self._store_failed:
+                self._store_failed = True
+                self.notify(f"History and transcript are not being saved ({e}); everything stays on screen.",
+                            severity="warning", timeout=10)
