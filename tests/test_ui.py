@@ -734,3 +734,39 @@ def test_store_appends_from_many_writers_and_compacts_to_the_newest(tmp_path, mo
         one.add_history(str(i))
     assert len((tmp_path / "one" / "history.jsonl").read_text().splitlines()) <= 20  # compacted past twice the limit
     assert one.load_history() == [str(i) for i in range(15, 25)]
+
+
+def test_fake_and_real_translators_satisfy_the_app_protocol(model_dir):
+    from tui_translate.protocols import TranslatorLike
+    from tui_translate.translator import load_translator
+
+    assert isinstance(FakeTranslator(FR), TranslatorLike)
+    assert isinstance(load_translator(model_dir), TranslatorLike)
+    assert not isinstance(object(), TranslatorLike)
+
+
+async def test_typed_language_picks_the_direction_and_an_unhandled_language_is_refused(tmp_path):
+    """Feature 11: English typed on fr-en switches to en-fr with a notice (ctrl+z goes back and
+    re-translates with fr-en); a language no model handles gets a notice instead of invented output."""
+    from tui_translate import langid
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None and langid.is_warm(), timeout=60)
+        await submit(pilot, app, "the cat sleeps")
+        assert app.translator.name == "en-fr" and app.exchanges[-1].text == "le chat dort"
+        assert any("English" in n.message and "ctrl+z" in n.message for n in app._notifications)
+        await pilot.press("ctrl+z")
+        await wait_for(pilot, lambda: app.translator is not None and app.translator.name == "fr-en"
+                       and app.exchanges[-1].status == "done" and app.exchanges[-1].model == "fr-en")
+        assert app.exchanges[-1].source == "the cat sleeps"
+        await submit(pilot, app, "je suis étudiant")  # French on fr-en: no change
+        assert app.translator.name == "fr-en" and app.exchanges[-1].text == "i am a student"
+        n = len(app.exchanges)
+        prompt = app.query_one("#prompt")
+        prompt.value = "Ich habe heute keine Zeit für dich."
+        await pilot.press("enter")
+        assert len(app.exchanges) == n and prompt.value.startswith("Ich")
+        assert any("German" in m.message and "no model" in m.message for m in app._notifications)
+        await pilot.press("enter")  # again: translated anyway
+        await wait_for(pilot, lambda: len(app.exchanges) == n + 1 and app.exchanges[-1].status == "done")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import langid
 from .exporting import export_attention, export_transcript
 from .screens.decode import DecodeScreen
 from .screens.help import HelpScreen
@@ -13,8 +14,50 @@ from .widgets.live import LivePreview
 from .widgets.prompt import MAX_INPUT_CHARS, Prompt
 
 
+def model_languages(path: Path) -> tuple[str, str] | None:
+    """(source, target) from a model directory named like `fr-en`; None for other names."""
+    parts = path.name.split("-")
+    return (parts[0], parts[1]) if len(parts) == 2 and all(len(p) == 2 and p.isalpha() for p in parts) else None
+
+
 class AppActions:
     """Actions of TranslateApp; `self` is the app."""
+
+    # -- direction by language -------------------------------------------------------------------------------
+    def refused_language(self, text: str) -> bool:
+        """True, after saying so, when `text` is clearly in a language no model translates (invented output
+        otherwise). Pressing Enter again on the same text translates it anyway."""
+        lang = langid.detect(text)
+        handled = {langs[0] for p in self.models if (langs := model_languages(p))} | {self.translator.source_lang}
+        if lang is None or lang in handled or len(text.split()) < 3 or text == self._refused_text:
+            return False
+        self._refused_text = text
+        self.notify(f"This looks like {langid.name(lang)}; no model here translates it (models: "
+                    f"{', '.join(p.name for p in self.models)}). Press Enter again to translate it anyway.",
+                    severity="warning", timeout=8)
+        return True
+
+    def switch_direction_for(self, text: str) -> None:
+        """Typed text in the current model's target language switches to the model that translates from it
+        (when there is one), with a notice; ctrl+z goes back and re-translates with the previous model."""
+        lang, current = langid.detect(text), self.translator
+        if lang is None or lang == current.source_lang or len(text.split()) < 2:
+            return
+        other = next((p for p in self.models if model_languages(p) == (lang, current.source_lang)), None)
+        other = other or next((p for p in self.models if (langs := model_languages(p)) and langs[0] == lang), None)
+        if other is not None and other != self.model_path:
+            self._direction_back = self.model_path
+            self.notify(f"This looks like {langid.name(lang)}: switched to {other.name}. ctrl+z goes back to {current.name}.", timeout=8)
+            self.use_model(other)
+
+    def action_direction_back(self) -> None:
+        back, self._direction_back = self._direction_back, None
+        if back is None:
+            self.notify("No direction change to undo.", timeout=2)
+            return
+        self.use_model(back)
+        if self.last_input:
+            self.translate(self.last_input)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input
 from textual.worker import get_current_worker
 
+from .. import langid
 from ..config import DecodeConfig
 from ..protocols import TranslatorLike
 from .actions import AppActions
@@ -57,6 +58,7 @@ class TranslateApp(AppActions, App):
         Binding("ctrl+y", "copy", "copy", show=False),
         Binding("ctrl+s", "export_transcript", "export", show=False),
         Binding("ctrl+o", "export_attention", "export attention", show=False),
+        Binding("ctrl+z", "direction_back", "undo direction", show=False),
         Binding("escape", "leave_input", show=False),
     ]
 
@@ -74,13 +76,11 @@ class TranslateApp(AppActions, App):
         self.store = store or Store(None)
         self.export_dir = export_dir or Path.cwd()
         self.translator: TranslatorLike | None = None
-        self.loading = False
-        self.load_error = ""  # why the last model failed to load, shown when a request finds no model
-        self.requests = RequestTracker()
-        self.progress = ProgressSlot(PROGRESS_INTERVAL)
-        self.gc_policy = GcPolicy()
+        self.loading, self.load_error = False, ""  # load_error: why the last model failed, told when a request finds none
+        self.requests, self.progress, self.gc_policy = RequestTracker(), ProgressSlot(PROGRESS_INTERVAL), GcPolicy()
         self.last_input = ""
         self._store_failed = False  # a write to the data directory failed and the user was told
+        self._refused_text, self._direction_back = "", None  # see AppActions.refused_language / switch_direction_for
         self.set_reactive(TranslateApp.decode_config, decode_config or DecodeConfig())
 
     # -- layout ---------------------------------------------------------------------------------------------
@@ -126,6 +126,7 @@ class TranslateApp(AppActions, App):
         self.prompt.focus()
         self.on_resize()
         self.use_model(self.model_path)
+        self.run_worker(langid.warm_up, thread=True, group="langid")
 
     def on_resize(self, event: events.Resize | None = None) -> None:
         # The event's size: the app's own size is still the previous one while this handler runs.
@@ -201,11 +202,12 @@ class TranslateApp(AppActions, App):
         elif len(text) > MAX_INPUT_CHARS:
             self.notify(f"Input is {len(text):,} characters; the limit is {MAX_INPUT_CHARS:,}. Nothing was translated.",
                         severity="error", timeout=6)
-        elif not self._no_model():  # without a model the input stays in the prompt
+        elif not self._no_model() and not self.refused_language(text):  # else the input stays in the prompt
             if self.prompt.remember(text):
                 self._persist(self.store.add_history, text)
             self.prompt.value = ""
             self._cancel_live()
+            self.switch_direction_for(text)
             self.translate(text)
 
     def translate(self, text: str, config: DecodeConfig | None = None, prefix: list[int] | None = None, note: str = "",
