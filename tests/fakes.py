@@ -34,13 +34,14 @@ class FakeConfig:
 
 
 class FakeTranslator:
-    def __init__(self, path: Path, step_delay: float = 0.0, gate: threading.Event | None = None) -> None:
+    def __init__(self, path: Path, step_delay: float = 0.0, gate: threading.Event | None = None, confidence: float = 1.0) -> None:
         self.path = Path(path)
         self.name = self.path.name
         self.source_lang, self.target_lang = self.name.split("-") if "-" in self.name else ("fr", "en")
         self.config = FakeConfig()
         self.step_delay = step_delay
         self.gate = gate  # when set, decoding waits on it before every step (to test cancellation)
+        self.confidence = confidence  # scales every token probability (to test the low-confidence marker)
         self.calls: list[tuple[str, DecodeConfig, list[int] | None]] = []
         self.vocab: list[str] = ["<pad>", "<s>", "</s>", "<unk>"]
 
@@ -122,7 +123,7 @@ class FakeTranslator:
         dec /= dec.sum(-1, keepdims=True)
         enc = np.full((self.config.n_encoder_layers, H, S, S), 1.0 / S)
         ids = [self._id(p) for p in pieces]
-        probs = [0.9 - 0.1 * ((i + rank) % 4) for i in range(T)]
+        probs = [self.confidence * (0.9 - 0.1 * ((i + rank) % 4)) for i in range(T)]
         alternatives = []
         for i, p in enumerate(pieces):
             alts = [Alternative(ids[i], p, probs[i])]

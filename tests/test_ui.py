@@ -770,3 +770,14 @@ async def test_typed_language_picks_the_direction_and_an_unhandled_language_is_r
         assert any("German" in m.message and "no model" in m.message for m in app._notifications)
         await pilot.press("enter")  # again: translated anyway
         await wait_for(pilot, lambda: len(app.exchanges) == n + 1 and app.exchanges[-1].status == "done")
+
+
+@pytest.mark.parametrize("confidence, flagged", [(1.0, False), (0.3, True)])
+async def test_translations_the_model_doubts_are_flagged(tmp_path, confidence, flagged):
+    """Feature 15: a translation whose tokens the model itself gave low probability is marked."""
+    app = make_app(tmp_path, confidence=confidence)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await submit(pilot, app, "je suis étudiant")
+        await pilot.pause()
+        meta = app.query_one(f"#ex-{app.exchanges[-1].id} .meta")
+        assert ("low confidence" in str(meta.render())) == flagged and meta.has_class("low") == flagged

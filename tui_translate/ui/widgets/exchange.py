@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.color import Color
 from rich.style import Style
 from rich.text import Text
@@ -16,6 +18,15 @@ from ...colormap import confidence_color, contrast_ratio
 from ...results import Hypothesis, WORD_START
 from ..messages import TokenSelected
 from ..requests import Exchange
+
+
+LOW_CONFIDENCE = 0.4  # geometric-mean token probability below which a translation is flagged
+
+
+def model_confidence(h: Hypothesis) -> float:
+    """Geometric mean of the probabilities the model gave its own tokens (forced ones left out)."""
+    lps = h.token_logprobs[h.prefix_length:]
+    return math.exp(sum(lps) / len(lps)) if lps else 1.0
 
 
 def confidence_style(prob: float) -> Style:
@@ -138,7 +149,12 @@ class ExchangeView(Vertical):
             score = f" · score {t.best.score:.3f}"
             extra = "" if t.best.finished else " · stopped at the length limit"
             nb = f" · {len(t.hypotheses)}-best" if len(t.hypotheses) > 1 else ""
-            meta.update(Text(f"{ex.model} · {ex.label} · {t.elapsed_s * 1000:.0f} ms{score}{nb}{extra}"))
+            line = Text(f"{ex.model} · {ex.label} · {t.elapsed_s * 1000:.0f} ms{score}{nb}{extra}")
+            conf = model_confidence(t.best)
+            if conf < LOW_CONFIDENCE:  # the model doubts its own output: likely invented, say so
+                line = Text.assemble((f"⚠ low confidence ({conf:.2f})", "bold"), " · ", line)
+            meta.update(line)
+            meta.set_class(conf < LOW_CONFIDENCE, "low")
         elif ex.translation is not None:
             self.mount(Static(Text(ex.translation.note or "(nothing to translate)", style="italic"), classes="note"), before=meta)
             meta.update(Text(f"{ex.model} · {ex.label}"))
