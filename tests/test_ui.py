@@ -781,3 +781,29 @@ async def test_translations_the_model_doubts_are_flagged(tmp_path, confidence, f
         await pilot.pause()
         meta = app.query_one(f"#ex-{app.exchanges[-1].id} .meta")
         assert ("low confidence" in str(meta.render())) == flagged and meta.has_class("low") == flagged
+
+
+async def test_settings_persist_across_restarts(tmp_path):
+    """Feature 13: model/direction, strategy and its parameters, theme, confidence and live toggles."""
+    app = make_app(tmp_path, store=True)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        app.decode_config = DecodeConfig(strategy="beam", beam_size=3, length_penalty=1.0)
+        app.theme = "textual-light"
+        await pilot.press("f7", "f6", "f3")
+        await wait_for(pilot, lambda: app.translator is not None and app.translator.name == "en-fr")
+    again = make_app(tmp_path, store=True)
+    async with again.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: again.translator is not None)
+        assert again.translator.name == "en-fr"
+        assert again.decode_config == DecodeConfig(strategy="beam", beam_size=3, length_penalty=1.0)
+        assert again.theme == "textual-light" and again.live and again.transcript.confidence
+    named = TranslateApp(fake_loader(), FR, [FR, EN], store=Store(tmp_path / "data"), export_dir=tmp_path, remember_model=False)
+    async with named.run_test(size=(100, 32)) as pilot:  # a model named on the command line wins
+        await wait_for(pilot, lambda: named.translator is not None)
+        assert named.translator.name == "fr-en" and named.decode_config.beam_size == 3
+    (tmp_path / "data" / "settings.json").write_text('{"decoding": {"beam_size": -4}, "theme": 3, "model": [1]}')
+    damaged = make_app(tmp_path, store=True)
+    async with damaged.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: damaged.translator is not None)
+        assert damaged.decode_config == DecodeConfig() and damaged.translator.name == "fr-en"

@@ -237,7 +237,7 @@ def _run_app(args: argparse.Namespace) -> int:
         return load_translator(path, threads=args.threads or interactive_threads(), int8=args.int8)
 
     store = Store(None if args.clean else data_dir())
-    app = TranslateApp(loader, model, models, store=store, export_dir=data_dir() / "exports")
+    app = TranslateApp(loader, model, models, store=store, export_dir=data_dir() / "exports", remember_model=not args.model)
     app.run()
     return 0
 

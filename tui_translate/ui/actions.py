@@ -7,11 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import langid
+from ..config import DecodeConfig
 from .exporting import export_attention, export_transcript
 from .screens.decode import DecodeScreen
 from .screens.help import HelpScreen
 from .widgets.live import LivePreview
 from .widgets.prompt import MAX_INPUT_CHARS, Prompt
+
+
+NO_MODEL_HINT = "Press F3 for the next model, or ctrl+p and 'Use model'."
 
 
 def model_languages(path: Path) -> tuple[str, str] | None:
@@ -22,6 +26,13 @@ def model_languages(path: Path) -> tuple[str, str] | None:
 
 class AppActions:
     """Actions of TranslateApp; `self` is the app."""
+
+    def _no_model(self) -> bool:
+        """True, after saying so, when no model is loaded and none is loading: a request would wait forever."""
+        if self.translator is not None or self.loading:
+            return False
+        self.notify(f"No model is loaded ({self.load_error or 'none chosen'}). {NO_MODEL_HINT}", severity="error", timeout=8)
+        return True
 
     # -- direction by language -------------------------------------------------------------------------------
     def refused_language(self, text: str) -> bool:
@@ -49,6 +60,33 @@ class AppActions:
             self._direction_back = self.model_path
             self.notify(f"This looks like {langid.name(lang)}: switched to {other.name}. ctrl+z goes back to {current.name}.", timeout=8)
             self.use_model(other)
+
+    # -- settings -----------------------------------------------------------------------------------------------
+    def restore_settings(self) -> None:
+        """Model, strategy, theme, confidence colours and live mode as the last session left them; anything
+        missing or invalid in the file keeps its default."""
+        settings, self._settings_ready = self.store.load_settings(), False
+        try:
+            self.decode_config = DecodeConfig.from_dict(settings["decoding"])
+        except (KeyError, TypeError, ValueError):
+            pass
+        if settings.get("theme") in self.available_themes:
+            self.theme = settings["theme"]
+        self.transcript.confidence = settings.get("confidence") is True
+        self.live = settings.get("live") is True
+        model = next((p for p in self.models if p.name == settings.get("model")), None)
+        if self.remember_model and model is not None:
+            self.model_path = model
+        self._settings_ready = True
+
+    def save_settings(self) -> None:
+        if getattr(self, "_settings_ready", False):  # not while restoring them
+            self._persist(self.store.save_settings, {
+                "model": self.model_path.name, "decoding": self.decode_config.to_dict(), "theme": self.theme,
+                "confidence": self.transcript.confidence, "live": self.live})
+
+    def watch_theme(self) -> None:
+        self.save_settings()
 
     def action_direction_back(self) -> None:
         back, self._direction_back = self._direction_back, None
@@ -121,10 +159,12 @@ class AppActions:
 
     def action_toggle_live(self) -> None:
         self.live = not self.live
+        self.save_settings()
         self.notify(f"Live mode {'on' if self.live else 'off'}", timeout=2)
 
     def action_toggle_confidence(self) -> None:
         self.transcript.confidence = not self.transcript.confidence
+        self.save_settings()
 
     def action_leave_input(self) -> None:
         if self.focused is self.prompt:

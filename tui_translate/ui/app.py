@@ -25,7 +25,7 @@ from textual.worker import get_current_worker
 from .. import langid
 from ..config import DecodeConfig
 from ..protocols import TranslatorLike
-from .actions import AppActions
+from .actions import NO_MODEL_HINT, AppActions
 from .commands import app_commands
 from .messages import ModelFailed, ModelLoaded, TokenSelected, TranslationDone, TranslationFailed, TranslationProgress
 from .screens.main import MainScreen
@@ -38,7 +38,6 @@ from .widgets.transcript import Transcript
 
 WIDE_COLUMNS = 120
 PROGRESS_INTERVAL = 1 / 30  # seconds between redraws of a growing translation
-NO_MODEL_HINT = "Press F3 for the next model, or ctrl+p and 'Use model'."
 
 
 class TranslateApp(AppActions, App):
@@ -66,8 +65,10 @@ class TranslateApp(AppActions, App):
     decode_config: reactive[DecodeConfig] = reactive(DecodeConfig, init=False)
 
     def __init__(self, loader: Callable[[Path], TranslatorLike], model_path: Path, models: Iterable[Path] = (),
-                 store: Store | None = None, export_dir: Path | None = None, decode_config: DecodeConfig | None = None) -> None:
+                 store: Store | None = None, export_dir: Path | None = None, decode_config: DecodeConfig | None = None,
+                 remember_model: bool = True) -> None:
         super().__init__()
+        self.remember_model = remember_model  # False when the user named a model: the saved one does not replace it
         self.loader = loader
         self.model_path = Path(model_path)
         self.models = [Path(m) for m in models] or [self.model_path]
@@ -122,6 +123,7 @@ class TranslateApp(AppActions, App):
         for item in self.store.load_history():
             self.prompt.remember(item)
         self.requests.restore(self.store.load_transcript())
+        self.restore_settings()
         self.transcript.show(self.exchanges)
         self.prompt.focus()
         self.on_resize()
@@ -148,6 +150,7 @@ class TranslateApp(AppActions, App):
 
     def watch_decode_config(self) -> None:
         self._update_subtitle()
+        self.save_settings()
 
     # -- model loading --------------------------------------------------------------------------------------
     def use_model(self, path: Path) -> None:
@@ -175,6 +178,7 @@ class TranslateApp(AppActions, App):
         self.model_path = Path(getattr(self.translator, "path", self.model_path))
         self._update_subtitle()
         self.notify(f"Model {self.translator.name} ready ({message.seconds:.1f} s)", timeout=3)
+        self.save_settings()
         pending, self.requests.pending = self.requests.pending, None
         if pending is not None:
             self._start(pending)
@@ -186,13 +190,6 @@ class TranslateApp(AppActions, App):
         self.notify(f"Could not load the model: {message.error}", severity="error", timeout=10)
         for ex in self.requests.drop_pending("failed", f"{self.load_error}. {NO_MODEL_HINT}"):
             self.transcript.refresh_exchange(ex)  # requests that waited for this model will not get it
-
-    def _no_model(self) -> bool:
-        """True, after saying so, when no model is loaded and none is loading: a request would wait forever."""
-        if self.translator is not None or self.loading:
-            return False
-        self.notify(f"No model is loaded ({self.load_error or 'none chosen'}). {NO_MODEL_HINT}", severity="error", timeout=8)
-        return True
 
     # -- translating ----------------------------------------------------------------------------------------
     def on_input_submitted(self, event: Input.Submitted) -> None:
