@@ -807,3 +807,27 @@ async def test_settings_persist_across_restarts(tmp_path):
     async with damaged.run_test(size=(100, 32)) as pilot:
         await wait_for(pilot, lambda: damaged.translator is not None)
         assert damaged.decode_config == DecodeConfig() and damaged.translator.name == "fr-en"
+
+
+async def test_the_selected_tokens_attention_shades_the_source_words(tmp_path):
+    """Feature 12: the source line shows which words the selected output token attends to (the grid's focused
+    layer/head or aggregate), as BertViz does."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await submit(pilot, app, "je suis étudiant")
+        ex = app.exchanges[-1]
+        source = app.query_one(f"#ex-{ex.id} .source")
+
+        def shaded() -> set[str]:
+            return {t.strip() for t, fg, bg in rendered_segments(source) if t.strip() and bg == (0xFD, 0xE7, 0x25)}
+
+        app.select_token(ex.id, 0, 2)  # layer 0, head 0 of token 3 looks at "étudiant" (0.9)
+        await pilot.pause()
+        assert shaded() == {"étudiant"}
+        grid = app.query_one("#grid", AttentionGrid)
+        grid.cursor = (0, 2)  # head 2 of token 3 looks at "je"
+        await pilot.pause()
+        assert shaded() == {"je"}
+        await submit(pilot, app, "le chat dort")  # the selection moves on: the old line is cleared
+        await pilot.pause()
+        assert shaded() == set()

@@ -283,6 +283,9 @@ class TranslateApp(AppActions, App):
         if ex is not None and self.inspector.show(ex, hypothesis, token):
             self.transcript.mark_selected(exchange_id, hypothesis, token)
 
+    def on_inspector_source_weights(self, message: Inspector.SourceWeights) -> None:
+        self.transcript.highlight_source(message.exchange, message.weights)
+
     def on_inspector_alternative_chosen(self, message: Inspector.AlternativeChosen) -> None:
         if message.alternative.piece == "</s>":
             self.notify("Choosing </s> would end the translation here; nothing to re-translate.", timeout=3)

@@ -14,12 +14,13 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
-from ...colormap import confidence_color, contrast_ratio
+from ...colormap import confidence_color, contrast_ratio, hex_color, text_color_on
 from ...results import Hypothesis, WORD_START
 from ..messages import TokenSelected
 from ..requests import Exchange
 
 
+SOURCE_HIGHLIGHT_MIN = 0.1  # source pieces with less attention than this stay unshaded in the source line
 LOW_CONFIDENCE = 0.4  # geometric-mean token probability below which a translation is flagged
 
 
@@ -125,6 +126,19 @@ class ExchangeView(Vertical):
 
     def on_mount(self) -> None:
         self.refresh_exchange()
+
+    def highlight_source(self, weights=None) -> None:
+        """Shade the source words by `weights` (one per source piece, the inspector's focused layer/head or
+        aggregate for the selected output token), as BertViz does; None clears the shading."""
+        text = Text(self.exchange.source)
+        t = self.exchange.translation
+        if weights is not None and t is not None and len(weights) == len(t.source_offsets):
+            top = max(float(max(weights)), 1e-9)
+            for w, (a, b) in zip(weights, t.source_offsets):
+                if b > a and w >= SOURCE_HIGHLIGHT_MIN:
+                    v = float(w) / top
+                    text.stylize(Style.parse(f"{text_color_on(v)} on {hex_color(v)}"), a, b)
+        self.query_one(".source", Static).update(Text("› ", style="bold") + text)
 
     def _show_compare(self, before) -> None:
         if self.exchange.compare is not None:

@@ -225,6 +225,13 @@ class Inspector(Vertical):
         def note(self) -> str:
             return f"forced “{display_piece(self.alternative.piece)}” at token {self.token + 1}"
 
+    @dataclass
+    class SourceWeights(Message):
+        """The focused cell's weights over the source pieces (None: nothing selected), for the source line."""
+
+        exchange: Exchange | None
+        weights: np.ndarray | None
+
     selection: reactive[tuple[int, int, int] | None] = reactive(None)  # (exchange id, hypothesis, token)
     show_matrix: reactive[bool] = reactive(False)
 
@@ -275,6 +282,7 @@ class Inspector(Vertical):
         if got is None:
             grid.set_data(None, [], "")
             self.matrix.set_data(None, 0, 0, (0, 0), grid.aggregate)
+            self.post_message(self.SourceWeights(None, None))
             return
         ex, t, hi, ti = got
         h = t.hypotheses[hi]
@@ -294,6 +302,7 @@ class Inspector(Vertical):
         got = self.selected()
         if got is not None:
             self.matrix.set_data(got[1], got[2], got[3], self.grid.cursor, self.grid.aggregate)
+        self.post_message(self.SourceWeights(got[0] if got else None, self.grid.focused_values() if got else None))
 
     def on_cell_focused(self, message: CellFocused) -> None:
         message.stop()

@@ -35,6 +35,7 @@ class Transcript(VerticalScroll):
         self.pending: list[Exchange] = []  # finished sentences not yet shown (see finished)
         self._timer: Timer | None = None
         self._last_flush = 0.0
+        self._highlighted: Exchange | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(WELCOME, id="welcome")
@@ -79,6 +80,14 @@ class Transcript(VerticalScroll):
         for strip in self.query(TokenStrip):
             mine = strip.exchange_id == exchange_id and strip.index == hypothesis
             strip.selected = token if mine else -1
+
+    def highlight_source(self, ex: Exchange | None, weights) -> None:
+        """Shade `ex`'s source line by `weights`; the previously shaded line is cleared."""
+        if self._highlighted is not None and self._highlighted is not ex and (old := self.view(self._highlighted)):
+            old.highlight_source(None)
+        self._highlighted = ex
+        if ex is not None and (view := self.view(ex)) is not None:
+            view.highlight_source(weights)
 
     def watch_confidence(self, value: bool) -> None:
         for strip in self.query(TokenStrip):
