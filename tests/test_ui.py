@@ -831,3 +831,19 @@ async def test_the_selected_tokens_attention_shades_the_source_words(tmp_path):
         await submit(pilot, app, "le chat dort")  # the selection moves on: the old line is cleared
         await pilot.pause()
         assert shaded() == set()
+
+
+async def test_tab_visits_the_stops_the_help_lists_and_grid_cells_show_whole_pieces(tmp_path):
+    """Feature 16: Tab goes input → translations → grid → alternatives (not the scrolling containers), and
+    a grid cell shows `étudiant`, not `étud`."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await submit(pilot, app, "je suis étudiant")
+        stops = []
+        for _ in range(5):
+            await pilot.press("tab")
+            stops.append(type(app.focused).__name__ if app.focused.id is None else app.focused.id)
+        assert stops == ["TokenStrip", "grid", "alternatives", "prompt", "TokenStrip"]
+        grid = app.query_one("#grid", AttentionGrid)
+        cells = [t.strip() for t, fg, bg in rendered_segments(grid)]
+        assert cells.count("étudiant") >= 8 and "étud" not in cells

@@ -118,13 +118,10 @@ class AttentionGrid(Widget, can_focus=True):
         label_col = 5
         avail = self.content_region.width or self.size.width
         cell_width = max(2, (avail - 1 - label_col - (n_heads + 1)) // (n_heads + 1))
-        # Labels are shown whole when a cell has room; otherwise cut to a readable prefix (at least
-        # 4 characters) and the cell wraps onto more lines. The detail line below has them in full.
-        room = cell_width - 1  # minus the focus marker
-        full = sum(len(x) for x in self.source_labels) + max(n_src - 1, 0)
+        # Labels are always whole: a cell wraps between pieces onto more lines (a piece wider than the
+        # cell folds), so a cut `étud` never hides which word a head looked at.
         separator = " "
-        width = None if full <= room else max(4, (room - (n_src - 1)) // max(n_src, 1))
-        labels = [x if width is None else x[:width] for x in self.source_labels]
+        labels = self.source_labels
         table = Table(box=None, pad_edge=False, show_header=True, padding=(0, 1, 0, 0), collapse_padding=True)
         table.add_column("", no_wrap=True, style="bold", width=label_col - 1, min_width=label_col - 1)
         for h in range(n_heads + 1):
@@ -243,9 +240,10 @@ class Inspector(Vertical):
         yield Static("Attention inspector", id="inspector-title")
         with Horizontal(id="inspector-body"):
             with ContentSwitcher(initial="grid-scroll", id="views"):
-                with VerticalScroll(id="grid-scroll"):
+                # the grid is the Tab stop, not its scroller; the matrix view scrolls with the mouse
+                with VerticalScroll(id="grid-scroll", can_focus=False):
                     yield AttentionGrid(id="grid")
-                with VerticalScroll(id="matrix-scroll"):
+                with VerticalScroll(id="matrix-scroll", can_focus=False):
                     yield MatrixView(id="matrix")
             yield OptionList(id="alternatives")
 

@@ -21,7 +21,7 @@ WELCOME = ("Type French (or the model's source language) below and press Enter.\
            "F1 help · F2 strategy · F3 swap direction · click any output token to inspect its attention.")
 
 
-class Transcript(VerticalScroll):
+class Transcript(VerticalScroll, can_focus=False):  # Tab stops are the translations inside
     @dataclass
     class Shown(Message):
         """Finished exchanges are now on screen (in one batch)."""
