@@ -51,12 +51,12 @@ class TranslateApp(AppActions, App):
         Binding("f4", "toggle_matrix", "matrix"),
         Binding("f5", "rerun", "re-run"),
         Binding("f6", "toggle_live", "live"),
-        Binding("f7", "toggle_confidence", "confidence"),
-        Binding("f8", "toggle_aggregate", "mean/max"),
+        Binding("f7", "toggle_confidence", "conf"),
+        Binding("f8", "toggle_aggregate", "agg"),
         Binding("f9", "cycle_matrix_kind", "kind"),
         Binding("ctrl+y", "copy", "copy"),
         Binding("ctrl+s", "export_transcript", "export"),
-        Binding("ctrl+o", "export_attention", "export view"),
+        Binding("ctrl+o", "export_attention", "view"),
         Binding("ctrl+z", "direction_back", "undo direction", show=False),
         Binding("escape", "leave_input", show=False),
     ]
@@ -97,7 +97,7 @@ class TranslateApp(AppActions, App):
             yield Inspector(id="inspector")
         yield LivePreview(id="live-preview")
         yield Prompt(id="prompt", placeholder="Type a sentence and press Enter  (F1 help)")
-        yield Footer()
+        yield Footer(compact=True)  # every key that matters fits at 80 columns
 
     @property
     def transcript(self) -> Transcript:
