@@ -19,7 +19,7 @@ inspector shows what every attention head of every layer looked at to produce it
 |---|---|
 | Enter | translate the input |
 | ↑ / ↓ (in the input) | recall earlier inputs |
-| Esc | from the input, go to the last translation |
+| Esc | from the input, go to the last translation; again, back to the draft |
 | Tab / Shift+Tab | move focus: input → translations → grid → alternatives |
 | ← / → | previous / next output token (translation focused) |
 | arrows (grid focused) | move the focused layer × head cell; its exact weights show below the grid |
@@ -27,8 +27,9 @@ inspector shows what every attention head of every layer looked at to produce it
 | F1 | this help |
 | F2 | decoding strategy: greedy, beam (size, α, n-best), sampling (T, top-k, top-p, seed) |
 | F3 | swap direction / next model |
+| ctrl+z | undo a direction switch made by language detection |
 | F4 | grid ↔ full matrix view |
-| F5 | re-translate the last input with the current strategy |
+| F5 | re-translate the last input with the current strategy (the earlier result is shown beneath) |
 | F6 | live mode: re-translate while typing |
 | F7 | confidence colours on output tokens |
 | F8 | mean ↔ max aggregation |
@@ -41,11 +42,14 @@ inspector shows what every attention head of every layer looked at to produce it
 
 **Reading the grid.** Rows are layers (L0 is closest to the input), columns are heads; the
 last row and column aggregate (mean or max, F8). Each cell lists the source tokens, shaded by
-the weight that head gave them (viridis: dark = 0, yellow = 1). Subword pieces that continue a
-word start with `·`.
+the weight that head gave them (viridis: dark = 0, yellow = 1); the focused cell also shades the
+words of the source line. Subword pieces that continue a word start with `·`.
 
-Transcript and input history are kept in your data directory; `tui-translate --clean` starts
-without them.
+Printable keys typed anywhere go to the input. Typed text in the other model's language switches
+direction (ctrl+z goes back); a translation the model doubts is marked "low confidence".
+
+Transcript, input history and settings are kept in your data directory; `tui-translate --clean`
+starts without them.
 """
 
 
