@@ -38,9 +38,10 @@ class AppActions:
     def refused_language(self, text: str) -> bool:
         """True, after saying so, when `text` is clearly in a language no model translates (invented output
         otherwise). Pressing Enter again on the same text translates it anyway."""
-        lang = langid.detect(text)
-        handled = {langs[0] for p in self.models if (langs := model_languages(p))} | {self.translator.source_lang}
-        if lang is None or lang in handled or len(text.split()) < 3 or text == self._refused_text:
+        lang = langid.detect(text) if self.translator is not None else None  # (while a model loads: no check)
+        if lang is None or len(text.split()) < 3 or text == self._refused_text:
+            return False
+        if lang in {langs[0] for p in self.models if (langs := model_languages(p))} | {self.translator.source_lang}:
             return False
         self._refused_text = text
         self.notify(f"This looks like {langid.name(lang)}; no model here translates it (models: "
@@ -52,7 +53,7 @@ class AppActions:
         """Typed text in the current model's target language switches to the model that translates from it
         (when there is one), with a notice; ctrl+z goes back and re-translates with the previous model."""
         lang, current = langid.detect(text), self.translator
-        if lang is None or lang == current.source_lang or len(text.split()) < 2:
+        if current is None or lang is None or lang == current.source_lang or len(text.split()) < 2:
             return
         other = next((p for p in self.models if model_languages(p) == (lang, current.source_lang)), None)
         other = other or next((p for p in self.models if (langs := model_languages(p)) and langs[0] == lang), None)

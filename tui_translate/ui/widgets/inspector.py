@@ -114,7 +114,6 @@ class AttentionGrid(Widget, can_focus=True):
             return Text("Select an output token (click it, or focus a translation and use ←/→) to see what every head looked at.",
                         style="dim italic")
         n_layers, n_heads = self.shape
-        n_src = len(self.source_labels)
         label_col = 5
         avail = self.content_region.width or self.size.width
         cell_width = max(2, (avail - 1 - label_col - (n_heads + 1)) // (n_heads + 1))
