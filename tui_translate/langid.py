@@ -3,7 +3,9 @@
 The detector knows only a handful of languages: the ones the shipped models translate, plus a few
 common others so that "a language no model handles" can be recognised instead of being translated
 into invented output. It is built on first use; its language models load on the first detection
-(seconds), so the app warms it in a worker thread.
+(seconds, and about 200 MB of memory: lingua's high-accuracy mode, the one that works on a few words;
+its low-accuracy mode needs a tenth of that but answers "unsure" for short sentences), so the app warms
+it in a worker thread and checks nothing until it is ready.
 """
 
 from __future__ import annotations
