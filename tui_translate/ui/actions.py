@@ -38,7 +38,7 @@ class AppActions:
     def refused_language(self, text: str) -> bool:
         """True, after saying so, when `text` is clearly in a language no model translates (invented output
         otherwise). Pressing Enter again on the same text translates it anyway."""
-        lang = langid.detect(text) if self.translator is not None else None  # (while a model loads: no check)
+        lang = langid.detect(text) if self.translator is not None and self.detect_language else None  # (no check while a model loads)
         if lang is None or len(text.split()) < 3 or text == self._refused_text:
             return False
         if lang in {langs[0] for p in self.models if (langs := model_languages(p))} | {self.translator.source_lang}:
@@ -52,7 +52,7 @@ class AppActions:
     def switch_direction_for(self, text: str) -> None:
         """Typed text in the current model's target language switches to the model that translates from it
         (when there is one), with a notice; ctrl+z goes back and re-translates with the previous model."""
-        lang, current = langid.detect(text), self.translator
+        lang, current = langid.detect(text) if self.detect_language else None, self.translator
         if current is None or lang is None or lang == current.source_lang or len(text.split()) < 2:
             return
         other = next((p for p in self.models if model_languages(p) == (lang, current.source_lang)), None)

@@ -66,16 +66,16 @@ class TranslateApp(AppActions, App):
 
     def __init__(self, loader: Callable[[Path], TranslatorLike], model_path: Path, models: Iterable[Path] = (),
                  store: Store | None = None, export_dir: Path | None = None, decode_config: DecodeConfig | None = None,
-                 remember_model: bool = True) -> None:
+                 remember_model: bool = True, detect_language: bool = True) -> None:
         super().__init__()
+        self.detect_language = detect_language  # see AppActions.switch_direction_for (bench turns it off)
         self.remember_model = remember_model  # False when the user named a model: the saved one does not replace it
         self.loader = loader
         self.model_path = Path(model_path)
         self.models = [Path(m) for m in models] or [self.model_path]
         if self.model_path not in self.models:
             self.models.insert(0, self.model_path)
-        self.store = store or Store(None)
-        self.export_dir = export_dir or Path.cwd()
+        self.store, self.export_dir = store or Store(None), export_dir or Path.cwd()
         self.translator: TranslatorLike | None = None
         self.loading, self.load_error = False, ""  # load_error: why the last model failed, told when a request finds none
         self.requests, self.progress, self.gc_policy = RequestTracker(), ProgressSlot(PROGRESS_INTERVAL), GcPolicy()
@@ -128,7 +128,6 @@ class TranslateApp(AppActions, App):
         self.prompt.focus()
         self.on_resize()
         self.use_model(self.model_path)
-        self.run_worker(langid.warm_up, thread=True, group="langid")
 
     def on_resize(self, event: events.Resize | None = None) -> None:
         # The event's size: the app's own size is still the previous one while this handler runs.
@@ -179,6 +178,8 @@ class TranslateApp(AppActions, App):
         self._update_subtitle()
         self.notify(f"Model {self.translator.name} ready ({message.seconds:.1f} s)", timeout=3)
         self.save_settings()
+        if self.detect_language and not langid.is_warm():  # after the model: the first frame and load come first
+            self.run_worker(langid.warm_up, thread=True, exclusive=True, group="langid")
         pending, self.requests.pending = self.requests.pending, None
         if pending is not None:
             self._start(pending)
