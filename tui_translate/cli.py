@@ -15,13 +15,14 @@ from pathlib import Path
 
 from .paths import default_model_dir
 
-SUBCOMMANDS = ("translate", "train", "eval", "bench", "import-marian", "export", "app")
+SUBCOMMANDS = ("translate", "train", "eval", "bench", "import-marian", "export", "models", "app")
 DEFAULT_BENCH_TSV = "../shared/corpora/tatoeba-fr-en/valid.fr-en.tsv"
 
 
 def _add_model_arg(p: argparse.ArgumentParser, int8: bool = True) -> None:
-    p.add_argument("--model", metavar="DIR", default=None,
-                   help=f"model directory (default: {default_model_dir()})")
+    p.add_argument("--model", metavar="DIR|ID", default=None,
+                   help=f"model directory, or a Hugging Face Hub opus-mt repo id owner/name[@revision], downloaded once into "
+                   f"the Hub cache (default: {default_model_dir()})")
     if int8:
         p.add_argument("--int8", action="store_true",
                        help="decode with int8 weights (per-channel int8: faster, the same BLEU on the default model's valid set)")
@@ -169,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL_DIR", help="model directory")
     p.add_argument("out", metavar="OUT_DIR", help="directory to write")
 
+    _add_models_parser(sub)
+
     p = sub.add_parser("app", help="open the interactive app (the default when no command is given)")
     _add_app_args(p)
     return parser
@@ -187,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["app", *argv]
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("translate", "eval", "bench"):
+            from .hub import cli_resolve
+
+            args.model = cli_resolve(args.model)  # a Hub repo id -> its cached snapshot, downloaded with a progress bar
+        if args.command == "models":
+            return _run_models(args)
         if args.command == "translate":
             from .oneshot import run_translate
 
@@ -198,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             return _run_bench(args)
         if args.command == "import-marian":
+            from .hub import cli_resolve
             from .marian import import_marian
 
-            print(import_marian(args.src, args.out))
+            print(import_marian(cli_resolve(args.src), args.out))
             return 0
         if args.command == "export":
             from .marian import export_marian
@@ -228,13 +238,21 @@ def _run_app(args: argparse.Namespace) -> int:
     from .ui.app import TranslateApp
     from .ui.store import Store
 
-    model = Path(args.model).expanduser().resolve() if args.model else default_model_dir().resolve()
+    from .hub import parse_repo_id
+
+    hub_id = parse_repo_id(args.model)  # a Hub repo id stays an id: the loader resolves (downloads) it in its worker
+    model = Path(str(hub_id)) if hub_id else Path(args.model).expanduser().resolve() if args.model else default_model_dir().resolve()
     models = [p.resolve() for p in available_models()]
 
     def loader(path: Path):
+        from .hub import resolve_model_arg
         from .translator import interactive_threads, load_translator
 
-        return load_translator(path, threads=args.threads or interactive_threads(), int8=args.int8)
+        def announce(line: str) -> None:
+            app.call_from_thread(app.notify, line[:1].upper() + line[1:] + "…", timeout=10)
+
+        local = resolve_model_arg(str(path), announce=announce)
+        return load_translator(local, threads=args.threads or interactive_threads(), int8=args.int8)
 
     store = Store(None if args.clean else data_dir())
     app = TranslateApp(loader, model, models, store=store, export_dir=data_dir() / "exports", remember_model=not args.model)
@@ -323,6 +341,56 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(f"sentences  {scores.sentences}  in {scores.seconds:.1f}s  ({scores.sentences_per_second:.1f} sentences/s, {torch.get_num_threads()} threads)")
         print(f"BLEU       {scores.bleu:.2f}   {scores.bleu_signature}")
         print(f"chrF       {scores.chrf:.2f}   {scores.chrf_signature}")
+    return 0
+
+
+def _add_models_parser(sub) -> None:
+    p = sub.add_parser("models", help="list, download (pull) and remove models: shipped, converted and Hugging Face Hub ones",
+                       description="Without an action: list the shipped and converted model directories and the Marian "
+                       "(opus-mt) models in the Hugging Face Hub cache, with direction, size and source. `pull ID` downloads "
+                       "(or updates) owner/name[@revision]; `rm ID` removes it from the cache. Needs the [hub] extra to download.")
+    actions = p.add_subparsers(dest="models_action", metavar="ACTION")
+    p.add_argument("--json", action="store_true", help="list as JSON lines")
+    actions.add_parser("list", help="list the models (the default)")
+    pull = actions.add_parser("pull", help="download or update a Hub model into the Hugging Face cache")
+    pull.add_argument("id", metavar="ID", help="Hub repo id, owner/name[@revision] (e.g. Helsinki-NLP/opus-mt-de-en)")
+    rm = actions.add_parser("rm", help="remove a Hub model (all its cached revisions) from the Hugging Face cache")
+    rm.add_argument("id", metavar="ID", help="Hub repo id, owner/name")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import hub
+
+    if args.models_action == "pull":
+        ref = hub.parse_repo_id(args.id)
+        if ref is None:
+            raise hub.HubError(f"{args.id}: not a Hugging Face Hub repo id (owner/name[@revision])")
+        with hub.rich_progress() as (progress, announce):
+            path = hub.download(ref, progress, announce)
+        pair = hub.language_pair(path)
+        print(f"{ref}  {'-'.join(pair) if pair else '?'}  {path}")
+        return 0
+    if args.models_action == "rm":
+        freed = hub.remove(args.id)
+        print(f"removed {args.id} from the Hugging Face cache ({freed / 1e6:.1f} MB freed)")
+        return 0
+    entries = hub.list_models()
+    if args.json:
+        for e in entries:
+            print(json.dumps({"model": e.spec, "direction": e.direction, "size": e.size, "source": e.source,
+                              "complete": e.complete, "path": str(e.path)}, ensure_ascii=False))
+        return 0
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("MODEL", "DIRECTION", "SIZE", "SOURCE", "PATH"):
+        table.add_column(col, justify="right" if col == "SIZE" else "left", no_wrap=col != "PATH")
+    for e in entries:
+        source = e.source if e.complete else f"{e.source}, incomplete: models pull {e.spec}"
+        table.add_row(e.spec if e.source == "hub" else e.path.name, e.direction,
+                      f"{e.size / 1e6:.1f} MB", source, str(e.path))
+    Console(highlight=False, soft_wrap=True).print(table)
     return 0
 
 

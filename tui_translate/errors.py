@@ -7,5 +7,6 @@ def is_user_error(e: BaseException) -> bool:
     from .checkpoint import ModelLoadError
     from .config import ConfigError
     from .data import DataError
+    from .hub import HubError
 
-    return isinstance(e, (ModelLoadError, ConfigError, DataError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError))
+    return isinstance(e, (ModelLoadError, ConfigError, DataError, HubError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError))

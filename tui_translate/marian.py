@@ -266,15 +266,17 @@ def load_marian(path: str | Path) -> LoadedModel:
         raise ModelLoadError(f"{path}: weights lack {sorted(missing)[:3]}")
     model.load_state_dict(state, strict=False)
     model.eval()
-    langs = re.search(r"([a-z]{2,3})-([a-z]{2,3})$", path.name)
-    meta = {"name": path.name, "source_lang": langs.group(1) if langs else "?", "target_lang": langs.group(2) if langs else "?",
+    from .hub import display_name, language_pair
+
+    langs = language_pair(path)  # tokenizer_config.json, else the directory's (or Hub repo's) name: opus-mt-de-en
+    meta = {"name": display_name(path), "source_lang": langs[0] if langs else "?", "target_lang": langs[1] if langs else "?",
             "imported_from": "marian"}
     return LoadedModel(model, tok, config, path, meta)
 
 
 def import_marian(src: str | Path, out: str | Path) -> Path:
     loaded = load_marian(src)
-    card = (f"# {loaded.meta['name']}\n\nImported from the Hugging Face Marian checkpoint `{Path(src).name}` with "
+    card = (f"# {loaded.meta['name']}\n\nImported from the Hugging Face Marian checkpoint `{loaded.meta['name']}` with "
             "`tui-translate import-marian`. See the original model card for data, licence and scores.\n")
     dest = save_model_dir(out, loaded.model, loaded.tokenizer, card=card, meta=loaded.meta)
     return dest
