@@ -386,3 +386,24 @@ def test_cached_model_loads_without_huggingface_hub(fake_hub):
     shutil.rmtree(hub.repo_folder(REPO))
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "pip install 'tui-translate[hub]'" in run.stderr
+
+
+async def test_the_app_opens_a_hub_id_in_its_loading_worker(fake_hub, monkeypatch):
+    from tui_translate import cli
+    from tui_translate.ui.app import TranslateApp
+
+    made: list[TranslateApp] = []
+    monkeypatch.setattr(TranslateApp, "run", lambda self, *a, **k: made.append(self))
+    assert cli.main(["--model", REPO, "--clean", "--threads", "1"]) == 0
+    [app] = made
+    assert str(app.model_path) == REPO  # an id, not a path under the current directory
+    notes: list[str] = []
+    app.notify = lambda message, **kw: notes.append(str(message))  # type: ignore[method-assign]
+    async with app.run_test() as pilot:
+        for _ in range(1200):
+            if app.translator is not None or any("Could not load" in n for n in notes):
+                break
+            await pilot.pause(0.05)
+        assert app.translator is not None, notes
+        assert (app.translator.name, app.translator.source_lang, app.translator.target_lang) == (REPO, "fr", "en")
+    assert any(n.startswith(f"Downloading {REPO}") for n in notes), notes
