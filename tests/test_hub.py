@@ -186,7 +186,7 @@ def test_language_pair_comes_from_the_model(tmp_path):
     assert hub.language_pair(tmp_path) is None
 
 
-def test_resolve_load_translate_then_offline(fake_hub, marian_dir, monkeypatch):  # noqa: F811
+def test_resolve_load_translate_then_offline(fake_hub, marian_dir, monkeypatch, tmp_path):  # noqa: F811
     from huggingface_hub import try_to_load_from_cache
 
     from tui_translate.checkpoint import load_model_dir
@@ -207,6 +207,11 @@ def test_resolve_load_translate_then_offline(fake_hub, marian_dir, monkeypatch):
     assert (t.name, t.source_lang, t.target_lang) == (REPO, "fr", "en")
     for text in ("je suis étudiant", "le chat dort"):
         assert t.translate(text).text == reference.translate(text).text
+
+    from tui_translate import cli  # import-marian takes a repo id too
+
+    assert cli.main(["import-marian", REPO, str(tmp_path / "converted")]) == 0
+    assert load_model_dir(tmp_path / "converted").meta["name"] == REPO
 
     # offline, and with the server gone: the cached model resolves without a request
     fake_hub.close()
