@@ -78,7 +78,11 @@ class FakeHub:
             sha, files = self.repos[repo]
             if len(parts) > 5 and parts[4] == "revision" and parts[5] not in ("main", sha):
                 return self._error(h, 404, "RevisionNotFound")
-            data = json.dumps({"id": repo, "sha": sha, "siblings": [{"rfilename": n, "size": len(b)} for n, b in files.items()]})
+            if len(parts) > 4 and parts[4] == "tree":  # list_repo_tree, as huggingface_hub's snapshot_download asks
+                data = json.dumps([{"type": "file", "path": n, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                                   for n, b in files.items()])
+            else:
+                data = json.dumps({"id": repo, "sha": sha, "siblings": [{"rfilename": n, "size": len(b)} for n, b in files.items()]})
             payload = data.encode()
             h.send_response(200)
             h.send_header("Content-Type", "application/json")
@@ -158,7 +162,9 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 def test_repo_ids_are_told_apart_from_paths(tmp_path, monkeypatch):
     assert hub.parse_repo_id("Helsinki-NLP/opus-mt-de-en") == hub.HubRef("Helsinki-NLP/opus-mt-de-en")
     assert hub.parse_repo_id("Helsinki-NLP/opus-mt-de-en@v1.0") == hub.HubRef("Helsinki-NLP/opus-mt-de-en", "v1.0")
-    for not_an_id in ("models/../x", "./a/b", "/abs/path", "~/a", "just-a-name", "a/b/c", "a/b@", "a/b@x y", None, ""):
+    assert hub.parse_repo_id("a/b@refs/pr/1") == hub.HubRef("a/b", "refs/pr/1")
+    for not_an_id in ("models/../x", "./a/b", "/abs/path", "~/a", "just-a-name", "a/b/c", "a/b@", "a/b@x y", "a/b@/etc/x", "a/b@x//y", "a/b@../x",
+                       "a/b@x/", "a--b/c", None, ""):
         assert hub.parse_repo_id(not_an_id) is None, not_an_id
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "fr-en").mkdir(parents=True)
@@ -221,6 +227,19 @@ def test_resolve_load_translate_then_offline(fake_hub, marian_dir, monkeypatch, 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     assert hub.resolve(REPO) == path  # online too: a complete cached copy is used as is (models pull updates it)
     assert len(fake_hub.requests) == n
+
+
+def test_a_cache_filled_by_huggingface_hub_itself_is_used_offline(fake_hub, monkeypatch):
+    from huggingface_hub import snapshot_download
+
+    from tui_translate.checkpoint import load_model_dir
+
+    folder = snapshot_download(REPO, cache_dir=os.environ["HF_HUB_CACHE"], endpoint=fake_hub.url)  # every file, as transformers would
+    assert "tf_model.h5" in os.listdir(folder)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.resolve(REPO) == Path(folder)
+    loaded = load_model_dir(folder)
+    assert (loaded.name, loaded.meta["source_lang"], loaded.meta["target_lang"]) == (REPO, "fr", "en")
 
 
 def test_cli_translate_by_repo_id_online_then_offline(fake_hub, marian_dir):  # noqa: F811
@@ -347,11 +366,17 @@ def test_models_list_pull_rm(fake_hub, marian_dir, tmp_path):  # noqa: F811
     updated = cli("models", "pull", REPO, env=env)  # a new commit: pull updates, only the changed file is fetched
     assert updated.returncode == 0, updated.stderr
     assert fake_hub.fetched().count("model.safetensors") == 1 and "fr-de" in updated.stdout
+    gpt2 = tmp_path / "hf-cache" / "models--openai--gpt2"  # another library's download, not a Marian model: not listed
+    (gpt2 / "snapshots" / SHA).mkdir(parents=True)
+    (gpt2 / "snapshots" / SHA / "config.json").write_text('{"model_type": "gpt2"}')
+    (gpt2 / "refs").mkdir()
+    (gpt2 / "refs" / "main").write_text(SHA)
     listed = [json.loads(line) for line in cli("models", "--json", env=env).stdout.splitlines()]
     by_model = {e["model"]: e for e in listed}
     assert by_model[REPO]["direction"] == "fr-de" and by_model[REPO]["source"] == "hub" and by_model[REPO]["complete"]
     assert by_model[f"{REPO}@{SHA}"]["direction"] == "fr-en"  # the older commit, still cached
     assert by_model[str(model_dir)]["source"] == "shipped" and by_model[str(model_dir)]["direction"] == "fr-en"
+    assert not any("gpt2" in m for m in by_model)
     assert by_model[REPO]["size"] == sum(p.stat().st_size for p in Path(by_model[REPO]["path"]).iterdir())
     table = cli("models", env=env).stdout
     assert REPO in table and "hub" in table and "fr-de" in table
@@ -362,6 +387,7 @@ def test_models_list_pull_rm(fake_hub, marian_dir, tmp_path):  # noqa: F811
     assert all(e["source"] != "hub" for e in map(json.loads, cli("models", "--json", env=env).stdout.splitlines()))
     assert "is not in the Hugging Face cache" in one_line_error(cli("models", "rm", REPO, env=env))
     assert "not a Hugging Face Hub repo id" in one_line_error(cli("models", "rm", str(model_dir), env=env))
+    assert "without @v1" in one_line_error(cli("models", "rm", f"{REPO}@v1", env=env))
 
 
 def test_the_cli_progress_bar_draws_the_download(fake_hub, marian_dir):  # noqa: F811

@@ -35,6 +35,7 @@ ALLOWED_FILES = REQUIRED_FILES + WEIGHT_FILES + OPTIONAL_FILES
 DEFAULT_TIMEOUT = 10.0  # seconds; HF_HUB_ETAG_TIMEOUT overrides it, as it does for huggingface_hub
 
 _REPO_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?")
+_REVISION = re.compile(r"[\w.\-]+(?:/[\w.\-]+)*")  # main, v1.0, refs/pr/1, a commit
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _PAIR = re.compile(r"(?:^|[-_])([a-z]{2,3}|[A-Z]{3,})-([a-z]{2,3}|[A-Z]{3,})$")
 
@@ -70,8 +71,8 @@ def parse_repo_id(spec: str | os.PathLike | None) -> HubRef | None:
     repo, _, revision = text.partition("@")
     if not _REPO_ID.fullmatch(repo) or ".." in repo or "--" in repo:
         return None
-    if "@" in text and not re.fullmatch(r"[\w.\-/]+", revision) or ".." in revision:
-        return None
+    if "@" in text and not _REVISION.fullmatch(revision) or ".." in revision:
+        return None  # a revision also names a file under refs/: no empty, absolute or parent components
     return HubRef(repo, revision or None)
 
 
@@ -129,8 +130,8 @@ def cache_state(ref: HubRef) -> tuple[str, Path | None]:
     """("complete", snapshot) | ("incomplete", snapshot) | ("missing", None) for a repo id in the cache."""
     commit = _commit_for(ref)
     folder = repo_folder(ref.repo_id)
-    if commit is None:
-        partial = [p for p in (folder / "snapshots").glob("*") if p.is_dir()] if folder.is_dir() else []
+    if commit is None:  # no ref yet: never downloaded, or the first download was interrupted
+        partial = [p for p in (folder / "snapshots").glob("*") if p.is_dir() and _missing_files(p)] if folder.is_dir() else []
         return ("incomplete", partial[0]) if partial else ("missing", None)
     snapshot = folder / "snapshots" / commit
     if not snapshot.is_dir():
@@ -435,8 +436,8 @@ def _hub_entries() -> list[ModelEntry]:
             if r.is_file():
                 refs.setdefault(r.read_text(encoding="utf-8").strip(), str(r.relative_to(folder / "refs")))
         for snap in sorted((folder / "snapshots").glob("*")) if (folder / "snapshots").is_dir() else []:
-            if not snap.is_dir() or not (snap / "config.json").exists() and not (snap / "source.spm").exists():
-                continue
+            if not snap.is_dir() or not (snap / "source.spm").exists() and _read_json(snap / "config.json").get("model_type") != "marian":
+                continue  # not a Marian model (another library's download): not ours to list
             ref_name = refs.get(snap.name)
             spec = repo_id if ref_name == "main" else f"{repo_id}@{ref_name or snap.name}"
             out.append(ModelEntry(spec, "hub", snap, _dir_size(snap), _direction(snap), not _missing_files(snap)))
@@ -453,6 +454,8 @@ def remove(spec: str) -> int:
     ref = parse_repo_id(spec)
     if ref is None:
         raise HubError(f"{spec}: not a Hugging Face Hub repo id (owner/name); only cached Hub models are removed")
+    if ref.revision:
+        raise HubError(f"{spec}: rm removes every cached revision of a repo; give the id without @{ref.revision}")
     folder = repo_folder(ref.repo_id)
     if not folder.is_dir():
         raise HubError(f"{ref.repo_id} is not in the Hugging Face cache ({hub_cache_dir()})")
