@@ -207,7 +207,7 @@ def _explain(e: BaseException, ref: HubRef) -> str:
     if "GatedRepoError" in names:
         return f"{ref.repo_id} is gated: accept its terms on the Hub and log in (`hf auth login`)"
     if "RepositoryNotFoundError" in names:
-        return f"{ref.repo_id}: no such model on the Hugging Face Hub (or it is private: log in with `hf auth login`)"
+        return f"no such model on the Hugging Face Hub (or it is private: `hf auth login`), nor a local directory"
     if "OfflineModeIsEnabled" in names:
         return "HF_HUB_OFFLINE is set"
     if any("Timeout" in n for n in names):
@@ -333,8 +333,8 @@ def resolve(spec: str | HubRef, progress: Progress | None = None, announce: Call
         return cached_snapshot(ref)  # type: ignore[return-value]
     if offline():
         what = "is only partly in" if state == "incomplete" else "is not in"
-        raise HubError(f"{ref} {what} the Hugging Face cache ({hub_cache_dir()}) and HF_HUB_OFFLINE is set; "
-                       f"run `tui-translate models pull {ref}` while online")
+        raise HubError(f"{ref} {what} the Hugging Face cache ({hub_cache_dir()}) and HF_HUB_OFFLINE is set (nor is it a "
+                       f"local directory); run `tui-translate models pull {ref}` while online")
     try:
         return download(ref, progress, announce)
     except HubError as e:
