@@ -32,7 +32,7 @@ def tiny_corpus() -> list[str]:
 def tokenizer():
     from tui_translate.tokenizer import train_tokenizer
 
-    return train_tokenizer(tiny_corpus(), vocab_size=120, min_frequency=1)
+    return train_tokenizer(tiny_corpus(), vocab_size=120, min_frequency=1, base_alphabet=False)
 
 
 def make_model(tokenizer, seed: int = 0, **overrides):

@@ -65,10 +65,12 @@ def build_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, alphabet: int = 1000) -> "Tokenizer":
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, alphabet: int = 1000,
+                    base_alphabet: bool = True) -> "Tokenizer":
     """Train a joint BPE vocabulary on `texts` (both languages). `alphabet` bounds the single characters
     kept (the most frequent ones): accented capitals, currency signs and the punctuation of names and
-    URLs must survive, or they become <unk> and cannot be copied."""
+    URLs must survive, or they become <unk> and cannot be copied. `base_alphabet` adds BASE_ALPHABET
+    (about 300 characters: only for vocabularies much larger than that, not for toy ones)."""
     tk = HFTokenizer(models.BPE(unk_token="<unk>"))
     tk.normalizer = build_normalizer()
     tk.pre_tokenizer = build_pre_tokenizer()
@@ -78,7 +80,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS),
         limit_alphabet=alphabet,
-        initial_alphabet=BASE_ALPHABET,
+        initial_alphabet=BASE_ALPHABET if base_alphabet else [],
         show_progress=False,
     )
     tk.train_from_iterator(texts, trainer=trainer)
