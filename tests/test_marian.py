@@ -193,6 +193,7 @@ def test_pre_norm_models_refuse_marian_export(model_dir, tmp_path):
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "fr-en"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped model in this checkout")
 def test_shipped_default_model_translates_identically_in_transformers_and_ctranslate2(tmp_path):
     """The default model, exported, gives token-for-token the same greedy translations in both peers."""
