@@ -196,3 +196,14 @@ async def test_app_survives_random_keys_pastes_and_resizes(tmp_path):
             await pilot.pause(0.02)
         assert app.exchanges[-1].source == "bonjour" and app.exchanges[-1].status == "done"
         assert all(e.status in ("done", "cancelled", "failed") for e in app.exchanges)
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "nan"], ["--max-length-ratio", "inf"], ["--max-length-ratio", "1e308"],
+                                   ["--strategy", "beam", "--beam-size", "10000"], ["--strategy", "beam", "--length-penalty", "nan"]])
+def test_bad_decoding_flags_give_one_line_and_a_non_zero_code(model_dir, capsys, flags):
+    from tui_translate.cli import main
+
+    assert main(["translate", "--model", str(model_dir), *flags, "je suis étudiant"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("tui-translate: error:")

@@ -159,6 +159,55 @@ def test_decode_config_validation():
         DecodeConfig(strategy="sample", top_p=0.0)
 
 
+@pytest.mark.parametrize("bad", [
+    {"temperature": float("nan")}, {"temperature": float("inf")}, {"temperature": 0.0},
+    {"max_length_ratio": float("inf")}, {"max_length_ratio": 1e308}, {"max_length_ratio": float("nan")},
+    {"beam_size": 10_000}, {"beam_size": 0}, {"length_penalty": float("nan")}, {"length_penalty": float("inf")},
+    {"top_p": float("nan")}, {"max_length_offset": 10**12},
+])
+def test_decode_config_refuses_non_finite_and_huge_values(bad):
+    """NaN slipped through `<= 0` checks (empty output, rc 0); inf / 1e308 overflowed int(); a beam of 10,000
+    allocated until MemoryError. Each is now a ConfigError, the one-line kind of error."""
+    with pytest.raises(ConfigError):
+        DecodeConfig(strategy="beam", **bad)
+
+
+def test_largest_allowed_values_decode(model, tokenizer):
+    from tui_translate.config import MAX_BEAM_SIZE, MAX_LENGTH_RATIO
+
+    cfg = DecodeConfig(strategy="beam", beam_size=MAX_BEAM_SIZE, max_length_ratio=MAX_LENGTH_RATIO, top_beams=2)
+    assert cfg.max_length(40, model.config.max_positions) == model.config.max_positions - 1
+    hyps = run(model, encode(tokenizer, [SOURCES[1]]), cfg).hypotheses[0]
+    assert len(hyps) == 2 and all(len(h.tokens) < model.config.max_positions for h in hyps)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("poison", ["nan_weight", "inf_bias", "nan_eps"])
+def test_non_finite_log_probs_are_an_error(tokenizer, strategy, poison):
+    """A model whose outputs are NaN or infinite decoded to empty output or NaN scores with rc 0; the
+    search now stops with a DecodingError (a one-line user error) at the first such position."""
+    import dataclasses
+
+    from tests.conftest import make_model
+    from tui_translate.errors import is_user_error
+    from tui_translate.search import DecodingError
+
+    m = make_model(tokenizer, seed=3, final_logits_bias=True)
+    with torch.no_grad():
+        if poison == "nan_weight":
+            m.decoder_layers[1].ffn.fc2.weight[0, 0] = float("nan")
+        elif poison == "inf_bias":
+            m.logits_bias[0, 7] = float("inf")
+        else:
+            m.config = dataclasses.replace(m.config, layer_norm_eps=float("nan"))
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.LayerNorm):
+                    mod.eps = float("nan")
+    with pytest.raises(DecodingError, match="non-finite") as info:
+        run(m, encode(tokenizer, SOURCES[:2]), DecodeConfig(strategy=strategy, beam_size=3))
+    assert is_user_error(info.value)
+
+
 def test_long_forced_prefix_stays_within_positions(model, tokenizer):
     src = encode(tokenizer, [SOURCES[0]])
     limit = model.config.max_positions

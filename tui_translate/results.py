@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from .config import DecodeConfig
+from .errors import TranslateError
 
 WORD_START = "▁"
 
 
-class InputTooLong(ValueError):
+class InputTooLong(TranslateError, ValueError):
     """The input exceeds the hard cap on characters; it is refused, never silently cut."""
 
 

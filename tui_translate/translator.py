@@ -20,8 +20,7 @@ from .config import DecodeConfig, ModelConfig
 from .linear import set_int8
 from .results import Alternative, AttentionMaps, Cancelled, Hypothesis, InputTooLong, PartialTranslation, Translation
 from .sentences import split_sentences
-from .search import Hypothesis as RawHypothesis
-from .search import SearchDone, SearchStep, search, search_in_batches
+from .search import SearchDone, SearchHypothesis, SearchStep, search, search_in_batches
 from .tokenizer import Encoded
 
 __all__ = ["Cancelled", "InputTooLong", "Translator", "interactive_threads", "load_translator"]
@@ -199,7 +198,7 @@ class Translator:
         return Translation(text, list(enc.ids), list(enc.pieces), [tuple(o) for o in enc.offsets], hyps, config,
                            self.name, elapsed, first_token, final.steps)
 
-    def _hypothesis(self, h: RawHypothesis, enc_attn: np.ndarray | None, prefix_length: int) -> Hypothesis:
+    def _hypothesis(self, h: SearchHypothesis, enc_attn: np.ndarray | None, prefix_length: int) -> Hypothesis:
         tok = self.tokenizer
         alt_probs = h.alt_logprobs.exp().tolist()
         alternatives = [
