@@ -207,3 +207,25 @@ def test_bad_decoding_flags_give_one_line_and_a_non_zero_code(model_dir, capsys,
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and captured.err.startswith("tui-translate: error:")
+
+
+def test_eval_scores_the_translations_translate_prints(model_dir, translator, tmp_path, capsys):
+    """`eval` goes through the translator's bulk path: a line of two sentences is split as `translate`
+    splits it (eval used to decode it whole, scoring a pipeline users never run)."""
+    from tests.conftest import ENGLISH, FRENCH
+    from tui_translate.cli import main
+    from tui_translate.evaluate import translate_texts
+
+    sources = FRENCH[:6] + ["je suis étudiant. le chat dort."]
+    references = ENGLISH[:6] + ["i am a student. the cat sleeps."]
+    tsv = tmp_path / "valid.tsv"
+    tsv.write_text("".join(f"{s}\t{r}\n" for s, r in zip(sources, references)), encoding="utf-8")
+    out = tmp_path / "hyps.txt"
+    assert main(["eval", str(tsv), "--model", str(model_dir), "--output", str(out), "--json"]) == 0
+    capsys.readouterr()
+    evaluated = out.read_text(encoding="utf-8").splitlines()
+    for source, hypothesis in zip(sources, evaluated):
+        assert main(["translate", "--model", str(model_dir), source]) == 0
+        assert capsys.readouterr().out.splitlines()[0] == hypothesis
+    assert translator.translate_batch([sources[-1]])[0].note == "translated as 2 sentences"
+    assert evaluated == translate_texts(translator, None, sources)

@@ -17,11 +17,12 @@ import torch
 
 from .checkpoint import LoadedModel, load_model_dir
 from .config import DecodeConfig, ModelConfig
-from .linear import set_int8
+from .linear import int8_enabled, set_int8
+from .model import Transformer
 from .results import Alternative, AttentionMaps, Cancelled, Hypothesis, InputTooLong, PartialTranslation, Translation
 from .sentences import split_sentences
 from .search import SearchDone, SearchHypothesis, SearchStep, search, search_in_batches
-from .tokenizer import Encoded
+from .tokenizer import Encoded, Tokenizer
 
 __all__ = ["Cancelled", "InputTooLong", "Translator", "interactive_threads", "load_translator"]
 
@@ -41,9 +42,15 @@ class Translator:
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 0, int8: bool = False) -> "Translator":
-        """threads: torch CPU threads (0: leave torch's setting). int8: decode with int8 weights (faster; the
-        default fr-en model scored the same BLEU on the valid set to within 0.1)."""
+        """threads: torch CPU threads (0: leave torch's setting). int8: decode with int8 weights (faster, about
+        the same BLEU; docs/performance.md)."""
         return cls(load_model_dir(path), threads, int8)
+
+    @classmethod
+    def for_model(cls, model: Transformer, tokenizer: Tokenizer, name: str = "model") -> "Translator":
+        """A translator over a model in memory (training validation), keeping its current int8 setting."""
+        loaded = LoadedModel(model, tokenizer, model.config, Path(name), {"name": name})
+        return cls(loaded, int8=int8_enabled(model))
 
     # -- description --------------------------------------------------------------------------
     @property
@@ -139,17 +146,20 @@ class Translator:
         return result
 
     def translate_batch(
-        self, texts: list[str], config: DecodeConfig = DecodeConfig(), attention: bool = False, batch_size: int = 32
+        self, texts: list[str], config: DecodeConfig = DecodeConfig(), attention: bool = False, batch_size: int = 32,
+        progress: Callable[[float], None] | None = None,
     ) -> list[Translation]:
-        """Translate many texts, `batch_size` at a time (similar lengths grouped together).
-        Results come back in input order and equal one-by-one translation."""
+        """Translate many texts, `batch_size` sentences at a time (similar lengths grouped together).
+        Results come back in input order and equal one-by-one translation. This is the one bulk path:
+        `translate` on standard input, `eval` and training validation all go through it.
+        `progress(fraction)` is called after each batch with the fraction of sentences done."""
         pieces: list[str] = []
         owner: list[tuple[int, int]] = []  # (text index, number of segments)
         for i, text in enumerate(texts):
             segs = self.segments(text) if text.strip() else [text]
             owner.append((len(pieces), len(segs)))
             pieces.extend(segs)
-        flat = self._translate_pieces(pieces, config, attention, batch_size)
+        flat = self._translate_pieces(pieces, config, attention, batch_size, progress)
         results = []
         for i, (start, n) in enumerate(owner):
             if n == 1:
@@ -163,7 +173,8 @@ class Translator:
                 results.append(merged)
         return results
 
-    def _translate_pieces(self, texts: list[str], config: DecodeConfig, attention: bool, batch_size: int) -> list[Translation]:
+    def _translate_pieces(self, texts: list[str], config: DecodeConfig, attention: bool, batch_size: int,
+                          progress: Callable[[float], None] | None = None) -> list[Translation]:
         results: list[Translation | None] = [None] * len(texts)
         encoded = []
         for i, text in enumerate(texts):
@@ -172,10 +183,14 @@ class Translator:
                 results[i] = self._empty(text, config, "empty input: nothing to translate")
             else:
                 encoded.append((i, enc))
+        done = 0
         for rows, final, seconds in search_in_batches(self.model, [e.ids for _, e in encoded], config, batch_size, attention):
             for row, k in enumerate(rows):
                 i, enc = encoded[k]
                 results[i] = self._translation(texts[i], enc, final, row, config, seconds / len(rows), None, None)
+            done += len(rows)
+            if progress is not None:
+                progress(done / len(encoded))
         return results  # type: ignore[return-value]
 
     # -- helpers ------------------------------------------------------------------------------
