@@ -216,3 +216,23 @@ def test_long_forced_prefix_stays_within_positions(model, tokenizer):
     assert h.tokens[: len(prefix)] == prefix and len(h.tokens) <= limit - 1
     with pytest.raises(ValueError, match="does not fit"):
         run(model, src, DecodeConfig(), prefix=[10] * limit)
+
+
+def test_decoding_flags_follow_decode_config():
+    """The flags are generated from DecodeConfig: no flags give its defaults, each flag sets its field."""
+    import argparse
+
+    from tui_translate.flags import add_decode_args, decode_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_decode_args(parser)
+    assert decode_config_from_args(parser.parse_args([])) == DecodeConfig()
+    args = parser.parse_args(["--strategy", "beam", "--beam-size", "7", "--nbest", "2", "--length-penalty", "1.0",
+                              "--early-stopping", "--max-length-ratio", "2.5"])
+    assert decode_config_from_args(args) == DecodeConfig(strategy="beam", beam_size=7, top_beams=2, length_penalty=1.0,
+                                                         early_stopping=True, max_length_ratio=2.5)
+    sampled = parser.parse_args(["--strategy", "sample", "--nbest", "3", "--temperature", "0.5", "--top-k", "4",
+                                 "--top-p", "0.9", "--seed", "9"])
+    assert decode_config_from_args(sampled) == DecodeConfig(strategy="sample", temperature=0.5, top_k=4, top_p=0.9, seed=9)
+    text = parser.format_help()
+    assert f"(default: {DecodeConfig().beam_size})" in text and f"+ {DecodeConfig().max_length_offset}" in text

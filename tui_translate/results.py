@@ -54,14 +54,6 @@ class AttentionMaps:
     decoder_self: np.ndarray  # (L, H, T, T) masked decoder self-attention (future = 0)
     encoder_self: np.ndarray  # (L, H, S, S) encoder self-attention
 
-    @property
-    def n_layers(self) -> int:
-        return int(self.cross.shape[0])
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.cross.shape[1])
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "cross": np.round(self.cross, 5).tolist(),

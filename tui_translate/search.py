@@ -249,7 +249,7 @@ class Beam:
         cand = (st.scores[:, None] + st.top_lp[:, :w]).view(nb, k_beam * w)  # (B_alive, K*w) hypothesis scores
         top_scores, top_idx = torch.topk(cand, 2 * k_beam, dim=-1)  # (B_alive, 2K), best first
         # The 2K best candidates of each sentence are few: the selection below runs on Python lists (a
-        # dozen tensor ops of a few µs each per step cost more than the loop over 2K numbers).
+        # dozen small tensor ops per step cost more than the loop over 2K numbers).
         scores_l, idx_l = top_scores.tolist(), top_idx.tolist()
         ids_l, lps_l = st.top_ids[:, :w].tolist(), st.top_lp[:, :w].tolist()  # (N, w) each
         lp_now = length_penalty(new_len, c.length_penalty)

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import LoadedModel, load_model_dir
+from .checkpoint import LoadedModel
 from .config import DecodeConfig, ModelConfig
 from .linear import int8_enabled, set_int8
+from .loading import load_model
 from .model import Transformer
 from .results import Alternative, AttentionMaps, Cancelled, Hypothesis, InputTooLong, PartialTranslation, Translation
 from .sentences import split_sentences
@@ -26,7 +27,9 @@ from .tokenizer import Encoded, Tokenizer
 
 __all__ = ["Cancelled", "InputTooLong", "Translator", "interactive_threads", "load_translator"]
 
-MAX_INPUT_CHARS = 20_000  # hard cap: longer input is refused with a message
+# Hard cap for the translator's callers (the command line): longer input is refused with a message, never cut.
+# The app refuses sooner (ui/app.py) because each sentence of its input becomes an exchange on screen.
+MAX_INPUT_CHARS = 20_000
 
 
 class Translator:
@@ -44,7 +47,7 @@ class Translator:
     def load(cls, path: str | Path, threads: int = 0, int8: bool = False) -> "Translator":
         """threads: torch CPU threads (0: leave torch's setting). int8: decode with int8 weights (faster, about
         the same BLEU; docs/performance.md)."""
-        return cls(load_model_dir(path), threads, int8)
+        return cls(load_model(path), threads, int8)
 
     @classmethod
     def for_model(cls, model: Transformer, tokenizer: Tokenizer, name: str = "model") -> "Translator":
@@ -229,10 +232,9 @@ class Translator:
 
 def interactive_threads() -> int:
     """Torch threads for decoding behind an interactive interface: all cores but one, which is left to the
-    interface (at least one thread). Measured 2026-11-25 on the 2-core VM, keystrokes while a 60-sentence
-    beam search decodes in the app: with 2 threads p90 38 ms / p99 65 ms (both cores busy with torch, one
-    thread spinning between products), with 1 thread p90 2.3 ms / p99 40 ms; one-sentence decoding is
-    about 10% slower with 1 thread (most one-row work is single-threaded anyway)."""
+    interface (at least one thread): with every core busy with torch (one thread spinning between products)
+    keystrokes wait behind decoding, while one-row decoding loses little with a thread fewer (most one-row
+    work is single-threaded anyway). Measurements: docs/performance.md."""
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
 
 
@@ -245,9 +247,8 @@ def load_translator(path: str | Path | None = None, threads: int = 0, int8: bool
 
 
 def freeze_startup_objects() -> None:
-    """Move every object alive now (torch, the model, the tokenizer: about 170,000 of them) out of the
+    """Move every object alive now (torch, the model, the tokenizer: well over 100,000 of them) out of the
     garbage collector's view. Decoding allocates many small objects, which triggers Python's full
-    collections now and then, and each traversed them all: one pause of 95 ms every 320 sentences at
-    batch 32 beam 5 (0.3 ms per sentence; measured with gc.callbacks). Frozen objects are still freed by
-    reference counting, only never as part of a garbage cycle."""
+    collections now and then, and each would traverse them all: a pause in the middle of a batch.
+    Frozen objects are still freed by reference counting, only never as part of a garbage cycle."""
     gc.freeze()
