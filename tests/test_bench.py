@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import ENGLISH, FRENCH, fit_briefly, make_model
 from tui_translate.checkpoint import save_model_dir
 from tui_translate.cli import main
 
 
+@pytest.mark.slow
 def test_bench_measures_every_engine_on_identical_weights(tokenizer, tmp_path, capsys):
     model = fit_briefly(make_model(tokenizer, norm_placement="post", position_layout="split", final_logits_bias=True,
                                    decoder_start_id=tokenizer.pad_id), tokenizer)

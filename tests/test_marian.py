@@ -14,6 +14,7 @@ spm = pytest.importorskip("sentencepiece")
 
 from tests.conftest import ENGLISH, FRENCH, make_model, tiny_corpus  # noqa: E402
 from tui_translate.checkpoint import ModelLoadError, load_model_dir, save_model_dir  # noqa: E402
+from tui_translate.loading import load_model  # noqa: E402
 from tui_translate.config import DecodeConfig  # noqa: E402
 from tui_translate.marian import export_marian, import_marian, load_marian  # noqa: E402
 from tui_translate.search import SearchDone, pad_batch, search  # noqa: E402
@@ -107,7 +108,7 @@ def test_import_matches_transformers(marian_dir, tmp_path):
 
 
 def test_direct_loading_and_clear_errors(marian_dir, tmp_path):
-    loaded = load_model_dir(marian_dir)  # `--model path/to/opus-mt-xx-yy` works without converting
+    loaded = load_model(marian_dir)  # `--model path/to/opus-mt-xx-yy` works without converting
     assert loaded.config.norm_placement == "post" and loaded.config.position_layout == "split"
     broken = tmp_path / "broken"
     shutil.copytree(marian_dir, broken)
@@ -166,7 +167,7 @@ def test_export_loads_in_transformers_and_ctranslate2(tokenizer, tmp_path):
         assert _hf_generate(hf, [to_hf[i] for i in ids], cfg, max_new) == [to_hf[i] for i in _ours_greedy(t, [text], cfg)[0]]
 
     # and back: the exported directory loads directly and translates the same
-    back = Translator(load_model_dir(hf_dir))
+    back = Translator(load_model(hf_dir))
     for text in TEXTS:
         assert back.translate(text).text == t.translate(text).text
 
@@ -193,6 +194,7 @@ def test_pre_norm_models_refuse_marian_export(model_dir, tmp_path):
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "fr-en"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped model in this checkout")
 def test_shipped_default_model_translates_identically_in_transformers_and_ctranslate2(tmp_path):
     """The default model, exported, gives token-for-token the same greedy translations in both peers."""

@@ -24,6 +24,7 @@ def test_models_root_from_checkout_and_override(tmp_path, monkeypatch):
     assert [p.name for p in available_models()] == ["xx-yy"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "models" / "fr-en" / "model.safetensors").exists(), reason="no shipped model in this checkout")
 def test_wheel_carries_the_models(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],

@@ -28,7 +28,7 @@ HOSTILE = ["", "   \t ", "😀🎉 bonjour 👋", "東京は大きい", "مرح�
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_input_gives_well_formed_results(translator, text):
     t = translator.translate(text, DecodeConfig(strategy="beam", beam_size=3))
-    assert isinstance(t.text, str)
+    assert t.text == t.best.text == translator.tokenizer.decode(t.best.token_ids)
     if not translator.tokenizer.normalize(text).strip():
         assert t.text == "" and "empty" in t.note
         return
@@ -196,3 +196,36 @@ async def test_app_survives_random_keys_pastes_and_resizes(tmp_path):
             await pilot.pause(0.02)
         assert app.exchanges[-1].source == "bonjour" and app.exchanges[-1].status == "done"
         assert all(e.status in ("done", "cancelled", "failed") for e in app.exchanges)
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "nan"], ["--max-length-ratio", "inf"], ["--max-length-ratio", "1e308"],
+                                   ["--strategy", "beam", "--beam-size", "10000"], ["--strategy", "beam", "--length-penalty", "nan"]])
+def test_bad_decoding_flags_give_one_line_and_a_non_zero_code(model_dir, capsys, flags):
+    from tui_translate.cli import main
+
+    assert main(["translate", "--model", str(model_dir), *flags, "je suis étudiant"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("tui-translate: error:")
+
+
+def test_eval_scores_the_translations_translate_prints(model_dir, translator, tmp_path, capsys):
+    """`eval` goes through the translator's bulk path: a line of two sentences is split as `translate`
+    splits it (eval used to decode it whole, scoring a pipeline users never run)."""
+    from tests.conftest import ENGLISH, FRENCH
+    from tui_translate.cli import main
+    from tui_translate.evaluate import translate_texts
+
+    sources = FRENCH[:6] + ["je suis étudiant. le chat dort."]
+    references = ENGLISH[:6] + ["i am a student. the cat sleeps."]
+    tsv = tmp_path / "valid.tsv"
+    tsv.write_text("".join(f"{s}\t{r}\n" for s, r in zip(sources, references)), encoding="utf-8")
+    out = tmp_path / "hyps.txt"
+    assert main(["eval", str(tsv), "--model", str(model_dir), "--output", str(out), "--json"]) == 0
+    capsys.readouterr()
+    evaluated = out.read_text(encoding="utf-8").splitlines()
+    for source, hypothesis in zip(sources, evaluated):
+        assert main(["translate", "--model", str(model_dir), source]) == 0
+        assert capsys.readouterr().out.splitlines()[0] == hypothesis
+    assert translator.translate_batch([sources[-1]])[0].note == "translated as 2 sentences"
+    assert evaluated == translate_texts(translator, None, sources)

@@ -90,12 +90,19 @@ def test_beam_nbest_sorted_and_scored_with_gnmt_penalty(model, tokenizer):
 
 
 def test_beam_finds_at_least_greedy_score(model, tokenizer):
+    """Without a length penalty the score is the log-probability: beam search keeps greedy's path among
+    its candidates, so it never ends below greedy, and on this model it finds a better translation of at
+    least one sentence (greedy commits to a first token that leads to a worse sentence)."""
     src = encode(tokenizer, SOURCES)
     greedy = run(model, src, DecodeConfig(strategy="greedy"))
     beam = run(model, src, DecodeConfig(strategy="beam", beam_size=6, length_penalty=0.0))
+    gains = []
     for g, b in zip(greedy.hypotheses, beam.hypotheses):
-        if g[0].finished and len(g[0].tokens) == len(b[0].tokens):
-            assert b[0].logprob >= g[0].logprob - 1e-5
+        assert g[0].finished and b[0].finished
+        assert b[0].score == pytest.approx(b[0].logprob, abs=1e-6)
+        assert b[0].logprob >= g[0].logprob - 1e-5
+        gains.append(b[0].logprob - g[0].logprob)
+    assert max(gains) > 0.1
 
 
 def test_sampling_is_reproducible_with_a_seed(model, tokenizer):
@@ -152,6 +159,55 @@ def test_decode_config_validation():
         DecodeConfig(strategy="sample", top_p=0.0)
 
 
+@pytest.mark.parametrize("bad", [
+    {"temperature": float("nan")}, {"temperature": float("inf")}, {"temperature": 0.0},
+    {"max_length_ratio": float("inf")}, {"max_length_ratio": 1e308}, {"max_length_ratio": float("nan")},
+    {"beam_size": 10_000}, {"beam_size": 0}, {"length_penalty": float("nan")}, {"length_penalty": float("inf")},
+    {"top_p": float("nan")}, {"max_length_offset": 10**12},
+])
+def test_decode_config_refuses_non_finite_and_huge_values(bad):
+    """NaN slipped through `<= 0` checks (empty output, rc 0); inf / 1e308 overflowed int(); a beam of 10,000
+    allocated until MemoryError. Each is now a ConfigError, the one-line kind of error."""
+    with pytest.raises(ConfigError):
+        DecodeConfig(strategy="beam", **bad)
+
+
+def test_largest_allowed_values_decode(model, tokenizer):
+    from tui_translate.config import MAX_BEAM_SIZE, MAX_LENGTH_RATIO
+
+    cfg = DecodeConfig(strategy="beam", beam_size=MAX_BEAM_SIZE, max_length_ratio=MAX_LENGTH_RATIO, top_beams=2)
+    assert cfg.max_length(40, model.config.max_positions) == model.config.max_positions - 1
+    hyps = run(model, encode(tokenizer, [SOURCES[1]]), cfg).hypotheses[0]
+    assert len(hyps) == 2 and all(len(h.tokens) < model.config.max_positions for h in hyps)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("poison", ["nan_weight", "inf_bias", "nan_eps"])
+def test_non_finite_log_probs_are_an_error(tokenizer, strategy, poison):
+    """A model whose outputs are NaN or infinite decoded to empty output or NaN scores with rc 0; the
+    search now stops with a DecodingError (a one-line user error) at the first such position."""
+    import dataclasses
+
+    from tests.conftest import make_model
+    from tui_translate.errors import is_user_error
+    from tui_translate.search import DecodingError
+
+    m = make_model(tokenizer, seed=3, final_logits_bias=True)
+    with torch.no_grad():
+        if poison == "nan_weight":
+            m.decoder_layers[1].ffn.fc2.weight[0, 0] = float("nan")
+        elif poison == "inf_bias":
+            m.logits_bias[0, 7] = float("inf")
+        else:
+            m.config = dataclasses.replace(m.config, layer_norm_eps=float("nan"))
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.LayerNorm):
+                    mod.eps = float("nan")
+    with pytest.raises(DecodingError, match="non-finite") as info:
+        run(m, encode(tokenizer, SOURCES[:2]), DecodeConfig(strategy=strategy, beam_size=3))
+    assert is_user_error(info.value)
+
+
 def test_long_forced_prefix_stays_within_positions(model, tokenizer):
     src = encode(tokenizer, [SOURCES[0]])
     limit = model.config.max_positions
@@ -160,3 +216,23 @@ def test_long_forced_prefix_stays_within_positions(model, tokenizer):
     assert h.tokens[: len(prefix)] == prefix and len(h.tokens) <= limit - 1
     with pytest.raises(ValueError, match="does not fit"):
         run(model, src, DecodeConfig(), prefix=[10] * limit)
+
+
+def test_decoding_flags_follow_decode_config():
+    """The flags are generated from DecodeConfig: no flags give its defaults, each flag sets its field."""
+    import argparse
+
+    from tui_translate.flags import add_decode_args, decode_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_decode_args(parser)
+    assert decode_config_from_args(parser.parse_args([])) == DecodeConfig()
+    args = parser.parse_args(["--strategy", "beam", "--beam-size", "7", "--nbest", "2", "--length-penalty", "1.0",
+                              "--early-stopping", "--max-length-ratio", "2.5"])
+    assert decode_config_from_args(args) == DecodeConfig(strategy="beam", beam_size=7, top_beams=2, length_penalty=1.0,
+                                                         early_stopping=True, max_length_ratio=2.5)
+    sampled = parser.parse_args(["--strategy", "sample", "--nbest", "3", "--temperature", "0.5", "--top-k", "4",
+                                 "--top-p", "0.9", "--seed", "9"])
+    assert decode_config_from_args(sampled) == DecodeConfig(strategy="sample", temperature=0.5, top_k=4, top_p=0.9, seed=9)
+    text = parser.format_help()
+    assert f"(default: {DecodeConfig().beam_size})" in text and f"+ {DecodeConfig().max_length_offset}" in text

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from .atomic import replace_dir
 from .config import ConfigError, ModelConfig
+from .errors import TranslateError
 from .model import Transformer
 from .tokenizer import Tokenizer
 
@@ -28,7 +29,7 @@ CARD_FILE = "README.md"
 ALLOWED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(TranslateError):
     """A model directory cannot be used; the message is one line naming file and problem."""
 
 
@@ -170,15 +171,10 @@ def load_tokenizer(path: Path, config: ModelConfig) -> Tokenizer:
 
 
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """This project's model directory; `loading.load_model` also takes Hugging Face Marian ones."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ModelLoadError(f"{path}: not a model directory (does not exist or is not a directory)")
-    if (path / "source.spm").exists() and not (path / TOKENIZER_FILE).exists():  # a Hugging Face Marian (opus-mt) directory
-        from .marian import load_marian
-
-        loaded = load_marian(path)
-        loaded.model.to(device)
-        return loaded
     config, meta = read_config(path)
     tokenizer = load_tokenizer(path, config)
     model = Transformer(config)

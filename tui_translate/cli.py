@@ -13,10 +13,11 @@ import json
 import sys
 from pathlib import Path
 
+from .flags import add_decode_args as _add_decode_args
+from .flags import decode_config_from_args
 from .paths import default_model_dir
 
 SUBCOMMANDS = ("translate", "train", "eval", "bench", "import-marian", "export", "models", "app")
-DEFAULT_BENCH_TSV = "../shared/corpora/tatoeba-fr-en/valid.fr-en.tsv"
 
 
 def _add_model_arg(p: argparse.ArgumentParser, int8: bool = True) -> None:
@@ -26,32 +27,6 @@ def _add_model_arg(p: argparse.ArgumentParser, int8: bool = True) -> None:
     if int8:
         p.add_argument("--int8", action="store_true",
                        help="decode with int8 weights (per-channel int8: faster, the same BLEU on the default model's valid set)")
-
-
-def _add_decode_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("decoding")
-    g.add_argument("--strategy", choices=["greedy", "beam", "sample"], default="greedy", help="decoding strategy (default: greedy)")
-    g.add_argument("--beam-size", type=int, default=5, metavar="N", help="beam width for --strategy beam (default: 5)")
-    g.add_argument("--length-penalty", type=float, default=0.6, metavar="A", help="GNMT length penalty alpha for beam search (default: 0.6)")
-    g.add_argument("--nbest", type=int, default=1, metavar="N", help="number of beam hypotheses to return (default: 1)")
-    g.add_argument("--early-stopping", action="store_true", help="beam search stops as soon as N hypotheses have finished")
-    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default: 1.0)")
-    g.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K most probable tokens (0 = off)")
-    g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (1.0 = off)")
-    g.add_argument("--seed", type=int, default=0, metavar="S", help="random seed for sampling (default: 0)")
-    g.add_argument("--max-length-ratio", type=float, default=1.5, metavar="R",
-                   help="max target tokens = R * source tokens + 10 (default: 1.5)")
-
-
-def decode_config_from_args(args: argparse.Namespace):
-    from .config import DecodeConfig
-
-    return DecodeConfig(
-        strategy=args.strategy, beam_size=args.beam_size, length_penalty=args.length_penalty,
-        top_beams=args.nbest if args.strategy == "beam" else 1, early_stopping=args.early_stopping,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        max_length_ratio=args.max_length_ratio,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure decoding speed (and a training step) against peer engines",
                        description="Interleaved speed measurement on the same sentences: this project's fast and capture paths, "
                        "and transformers / CTranslate2 on the exported weights when installed (else reported as skipped).")
-    p.add_argument("--input", "--tsv", dest="input", default=DEFAULT_BENCH_TSV, metavar="FILE",
+    p.add_argument("--input", "--tsv", dest="input", required=True, metavar="FILE",
                    help="sentences to decode: French<TAB>English pairs (the model's source column) or a text file with one "
-                   f"sentence per line in the source language (default: {DEFAULT_BENCH_TSV})")
+                   "sentence per line in the source language")
     _add_model_arg(p, int8=False)
     p.add_argument("--sentences", type=int, default=200, metavar="N", help="sentences to decode (default: 200)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="torch CPU threads (default: 2)")
@@ -310,14 +285,14 @@ def _run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from .checkpoint import load_model_dir
+    from .loading import load_model
     from .data import read_pairs
     from .evaluate import evaluate_pairs
     from .translator import freeze_startup_objects
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model_dir(args.model or default_model_dir())
+    loaded = load_model(args.model or default_model_dir())
     if args.int8:
         from .linear import set_int8
 

@@ -8,18 +8,22 @@ training run. Checkpoints store `asdict(config)` and load it back with
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
+
+from .errors import TranslateError
 
 ACTIVATIONS = ("relu", "gelu", "swish", "silu", "gelu_new")
 NORM_PLACEMENTS = ("post", "pre")
 POSITION_LAYOUTS = ("interleaved", "split")
 STRATEGIES = ("greedy", "beam", "sample")
+MAX_BEAM_SIZE = 128
+MAX_LENGTH_RATIO = 1000.0
+MAX_LENGTH_OFFSET = 100_000
 
 
-class ConfigError(ValueError):
+class ConfigError(TranslateError, ValueError):
     """A configuration value is out of range or unknown."""
 
 
@@ -90,9 +94,6 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         return _from_dict(cls, data)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
 
 @dataclass(frozen=True)
 class DecodeConfig:
@@ -122,18 +123,24 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.beam_size < 1:
-            raise ConfigError("beam_size must be >= 1")
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            # every beam is a row of the batch and of the KV cache: a huge beam is an allocation, not a search
+            raise ConfigError(f"beam_size must be between 1 and {MAX_BEAM_SIZE}, got {self.beam_size}")
         if not 1 <= self.top_beams <= max(1, self.beam_size if self.strategy == "beam" else 1):
             raise ConfigError(f"top_beams must be between 1 and beam_size ({self.beam_size})")
-        if self.temperature <= 0:
-            raise ConfigError("temperature must be > 0")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if not math.isfinite(self.length_penalty):
+            raise ConfigError(f"length_penalty must be a finite number, got {self.length_penalty}")
         if self.top_k < 0:
             raise ConfigError("top_k must be >= 0 (0 = off)")
         if not 0 < self.top_p <= 1:
-            raise ConfigError("top_p must be in (0, 1]")
-        if self.max_length_ratio <= 0 or self.max_length_offset < 0:
-            raise ConfigError("max_length_ratio must be > 0 and max_length_offset >= 0")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        # the model's positions cap the output anyway; the bounds keep ratio * length a finite integer
+        if not (math.isfinite(self.max_length_ratio) and 0 < self.max_length_ratio <= MAX_LENGTH_RATIO):
+            raise ConfigError(f"max_length_ratio must be > 0 and at most {MAX_LENGTH_RATIO:g}, got {self.max_length_ratio}")
+        if not 0 <= self.max_length_offset <= MAX_LENGTH_OFFSET:
+            raise ConfigError(f"max_length_offset must be between 0 and {MAX_LENGTH_OFFSET}, got {self.max_length_offset}")
         if self.n_alternatives < 1:
             raise ConfigError("n_alternatives must be >= 1")
 

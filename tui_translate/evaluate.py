@@ -1,43 +1,39 @@
-"""Bulk translation of many sentences and sacreBLEU scoring (BLEU, chrF)."""
+"""Bulk translation of many sentences and sacreBLEU scoring (BLEU, chrF).
+
+Translation goes through `Translator.translate_batch`, the path `translate` uses: the same sentence
+splitting, truncation and batching, so `eval`'s BLEU measures what users get.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sacrebleu.metrics import BLEU, CHRF
 
 from .config import DecodeConfig
 from .model import Transformer
-from .search import search_in_batches
 from .tokenizer import Tokenizer
+from .translator import Translator
 
 
 def translate_texts(
-    model: Transformer,
-    tokenizer: Tokenizer,
+    model: Transformer | Translator,
+    tokenizer: Tokenizer | None,
     texts: list[str],
     config: DecodeConfig = DecodeConfig(),
     batch_size: int = 32,
-    progress=None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Translate many texts on the fast path, batching sentences of similar length.
+    """Translate many texts on the fast path (no attention captured), through the translator.
 
-    Returns one string per input, in input order. `progress(n_done)` is called after each batch.
-    """
-    model.eval()
-    encoded = tokenizer.encode_ids(texts)
-    limit = model.config.max_positions
-    encoded = [e if len(e) <= limit else e[: limit - 1] + [tokenizer.eos_id] for e in encoded]
-    results: list[str] = [""] * len(texts)
-    done = 0
-    for idx, final, _ in search_in_batches(model, encoded, config, batch_size):
-        for i, hyps in zip(idx, final.hypotheses):
-            results[i] = tokenizer.decode(hyps[0].tokens)
-        done += len(idx)
-        if progress is not None:
-            progress(done)
-    return results
+    `model` is a Translator, or a bare model with its tokenizer (training validation). Returns one string per
+    input, in input order. `progress(n_done)` is called after each batch with the number of texts done
+    (approximate for texts of several sentences)."""
+    translator = model if isinstance(model, Translator) else Translator.for_model(model.eval(), tokenizer)
+    report = None if progress is None else (lambda fraction: progress(round(fraction * len(texts))))
+    return [t.text for t in translator.translate_batch(texts, config, attention=False, batch_size=batch_size, progress=report)]
 
 
 @dataclass
@@ -74,8 +70,8 @@ def score(hypotheses: list[str], references: list[str], seconds: float = 0.0) ->
 
 
 def evaluate_pairs(
-    model: Transformer,
-    tokenizer: Tokenizer,
+    model: Transformer | Translator,
+    tokenizer: Tokenizer | None,
     pairs: list[tuple[str, str]],
     config: DecodeConfig = DecodeConfig(),
     batch_size: int = 32,

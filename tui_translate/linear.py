@@ -2,21 +2,18 @@
 
 Incremental decoding multiplies one row (or a handful of beam rows) by every weight
 matrix of the decoder at each step. For such skinny products the layout matters a lot
-(measured 2026-11-24 on a 2-core AMD EPYC VM with AVX-512, one thread):
+(the measurements are in docs/performance.md):
 
-* one row: MKL's GEMM on the weight stored (D_in, D_out) row-major beats nn.Linear's
-  (D_out, D_in) read transposed (a decoder step's projections 0.76 ms instead of 1.21 ms);
-* several rows: oneDNN on a weight reordered once for it (`torch.ops.mkldnn`, what
-  PyTorch's own compiler uses for frozen CPU linears) beats both; the 8000-word output
-  layer for 5 beam rows takes 0.22 ms instead of 0.7 ms.
+* one row: a GEMM on the weight stored (D_in, D_out) row-major beats nn.Linear's
+  (D_out, D_in) read transposed; and MKL runs a one-row product on one thread whatever the
+  thread count, so the product is split into 4 column blocks multiplied as one batched
+  product (`baddbmm`), which PyTorch spreads over its threads;
+* hidden layers of several rows (encoder, beams, batches) gain from the same column blocks;
+* the output layer of several rows: oneDNN on a weight reordered once for it
+  (`torch.ops.mkldnn`, what PyTorch's own compiler uses for frozen CPU linears).
 
-Measured 2026-11-25 on a 2-core AVX2 VM: MKL runs a one-row product on one thread whatever
-the thread count, so one-row products are now split into 4 column blocks multiplied as one
-batched product (`baddbmm`), which PyTorch spreads over its threads: the output layer 174 ->
-102 µs, a 256 -> 768 projection 21 -> 15 µs; greedy decoding of one sentence 14.5 -> 12.6 ms.
-Hidden layers of several rows (encoder, beams, batches) gain from the same blocks over oneDNN
-(same VM, 60 valid sentences, same outputs): batch 1 greedy 13.2 -> 12.4 ms per sentence (the
-encoder), beam 31.6 -> 28.6; batch 32 greedy 3.6 -> 3.2, beam 8.3 -> 7.7.
+Every private torch API the engine relies on (`_weight_int8pack_mm`, `torch.ops.mkldnn`'s reordered
+linears, tensors' `_version` counters, modules' `_parameters`) is used in this file only.
 
 `project(owner, name, x, *linears)` applies nn.Linear layers that share their input
 (e.g. Q, K and V of self-attention) and returns the concatenated outputs. With
@@ -45,12 +42,26 @@ _INT8 = "_int8_inference"
 def set_int8(model: nn.Module, enabled: bool) -> None:
     """Decode with int8 weights (per output channel), like CTranslate2's int8 mode. Several rows: fbgemm's
     dynamic quantization (activations quantized on the fly). One row (greedy decoding of one sentence):
-    a weight-only int8 kernel on bf16 activations for the hidden layers (measured on the 2-core AVX2 VM,
-    greedy batch 1: 11.7 ms per sentence against 14.7 with fbgemm and 16.1 in float32, same output on
-    60 valid sentences). Training, autograd and the fp32 path are untouched; switching back is instant
-    (every pack is kept)."""
+    a weight-only int8 kernel on bf16 activations for the hidden layers, which skips fbgemm's per-call
+    activation quantization (costlier than a 256-wide product). Training, autograd and the fp32 path are
+    untouched; switching back is instant (every pack is kept)."""
     for module in model.modules():
         module.__dict__[_INT8] = enabled
+
+
+def parameter_stamps(model: nn.Module) -> list[tuple]:
+    """Every parameter of `model` as it is now (its slot, the tensor, its storage and its in-place version
+    counter), for `stamps_hold` to tell later whether anything derived from them is still valid."""
+    return [(m._parameters, name, t, t.data_ptr(), t._version)
+            for m in model.modules() for name, t in m._parameters.items() if t is not None]
+
+
+def stamps_hold(stamps: list[tuple]) -> bool:
+    """No parameter replaced, moved or updated in place since `parameter_stamps`."""
+    for params, name, t, ptr, version in stamps:
+        if params.get(name) is not t or t.data_ptr() != ptr or t._version != version:
+            return False
+    return True
 
 
 def int8_enabled(module: nn.Module) -> bool:
@@ -139,7 +150,7 @@ class _Pack:
                     self.split = (blocks, bias.view(_ROW_SPLITS, 1, n // _ROW_SPLITS).contiguous())
             blocks, bias = self.split
             out = torch.baddbmm(bias, flat.expand(_ROW_SPLITS, rows, flat.size(1)), blocks)  # (s, rows, ΣD_out/s), blocks in order
-            if rows == 1:  # the decoding hot path: one view instead of transpose + reshape (2.5 vs 5.2 µs, 19 per step)
+            if rows == 1:  # the decoding hot path (19 products per step): one view instead of transpose + reshape
                 return out.view(1, -1)
             return out.transpose(0, 1).reshape(rows, -1)  # (rows, ΣD_out)
         if rows > 1 and _onednn_ok and flat.dtype == torch.float32 and flat.device.type == "cpu":

@@ -37,7 +37,7 @@ def heatmap(t: Translation, layer: int | None, head: int | None):
 
 
 def run_translate(args: argparse.Namespace) -> int:
-    from .cli import decode_config_from_args
+    from .flags import decode_config_from_args
     from .translator import load_translator
 
     err = Console(stderr=True)

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from .config import DecodeConfig
+from .errors import TranslateError
 
 WORD_START = "▁"
 
 
-class InputTooLong(ValueError):
+class InputTooLong(TranslateError, ValueError):
     """The input exceeds the hard cap on characters; it is refused, never silently cut."""
 
 
@@ -52,14 +53,6 @@ class AttentionMaps:
     cross: np.ndarray  # (L, H, T, S) encoder-decoder attention
     decoder_self: np.ndarray  # (L, H, T, T) masked decoder self-attention (future = 0)
     encoder_self: np.ndarray  # (L, H, S, S) encoder self-attention
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.cross.shape[0])
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.cross.shape[1])
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,9 +1,12 @@
 """Decoding strategies: greedy, beam search and sampling, as one step loop.
 
 The model offers `encode`, `start_cache` and `decode_step`; this module owns the
-loop. Every strategy is a beam of K rows per sentence (K = 1 for greedy and
-sampling), so one code path handles batching, a forced target prefix, the
-top-k alternatives at every position and attention capture.
+loop. Every strategy keeps K rows per sentence (K = 1 for greedy and sampling) and
+has one `step(StepInput) -> Choice`: from the rows' scores and log-probabilities it
+returns the new scores, tokens and parent rows (as fairseq's search.py does), and
+files the hypotheses that ended. The shared loop handles batching, a forced target
+prefix, the top-k alternatives at every position, attention capture, sentences
+leaving the batch and the ancestry tracing.
 
 History is kept as per-step records indexed by the row that produced them plus
 a back-pointer (parent row) per step, as in fairseq: a finished hypothesis is
@@ -31,12 +34,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import DecodeConfig
+from .errors import TranslateError
 from .model import StepOutput, Transformer
 
 
 @dataclass
-class Hypothesis:
-    """One finished (or length-capped) hypothesis, still as tensors/lists (torch side)."""
+class SearchHypothesis:
+    """One finished (or length-capped) hypothesis as the search found it, tensors included; the translator
+    turns it into the torch-free `results.Hypothesis`."""
 
     tokens: list[int]  # target ids, forced prefix included, EOS last when finished
     token_logprobs: list[float]  # log p(token | prefix, source) under the model (temperature 1)
@@ -57,7 +62,7 @@ class SearchStep:
 
 @dataclass
 class SearchDone:
-    hypotheses: list[list[Hypothesis]]  # per sentence, n-best (best first)
+    hypotheses: list[list[SearchHypothesis]]  # per sentence, n-best (best first)
     encoder_attention: list[Tensor] | None = None  # per sentence (L, H, S_real, S_real)
     steps: int = 0
 
@@ -144,6 +149,165 @@ def _filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     return logits
 
 
+@dataclass
+class StepInput:
+    """What the shared loop hands a strategy at one target position.
+
+    Rows: N = len(alive) * K, row r belongs to sentence alive[r // K] (K = the strategy's `width`)."""
+
+    position: int  # index of the target token chosen now (forced prefix included)
+    alive: list[int]  # sentences still decoding
+    at_limit: list[bool]  # per alive sentence: the token chosen now is its last (length cap)
+    scores: Tensor  # (N,) each row's score so far (sum of token log-probs)
+    top_lp: Tensor  # (N, n_top) each row's best continuations' log-probs, ids never generated excluded
+    top_ids: Tensor  # (N, n_top) their ids
+    logp: Tensor  # (N, V) log-probabilities (ids never generated at -inf)
+    logits: Tensor  # (N, V) raw logits, float32
+    finished: list[list[_Final]]  # per sentence (all of the batch): ended hypotheses go here
+    max_new: list[int]  # per sentence (all of the batch): most tokens it may generate after the prefix
+    prefix_length: int  # forced target tokens
+    banned: Tensor  # ids never generated
+
+
+@dataclass
+class Choice:
+    """A strategy's answer for one position: the rows that continue, as back-pointers."""
+
+    scores: Tensor  # (N,) new row scores
+    tokens: Tensor  # (N,) the token appended to each new row
+    parents: Tensor  # (N,) the row each new row continues
+    token_lps: Tensor  # (N,) log p of that token
+    done: list[bool]  # per alive sentence: nothing left to decode
+    reorder: bool  # rows changed places (beam search): the cache follows `parents`
+
+
+class Greedy:
+    """One row per sentence; the most probable id that may be emitted."""
+
+    width = 1
+    candidates = 1  # continuations per row the step reads from `top_ids`
+
+    def __init__(self, config: DecodeConfig, batch: int) -> None:
+        self.config = config
+
+    def pick(self, st: StepInput) -> tuple[Tensor, Tensor]:
+        """(tokens, their log-probs), (N,) each."""
+        return st.top_ids[:, 0], st.top_lp[:, 0]
+
+    def step(self, st: StepInput, eos_id: int) -> Choice:
+        token, chosen = self.pick(st)
+        new_scores = st.scores + chosen
+        ended = token.eq(eos_id).tolist()
+        done = []
+        for r, si in enumerate(st.alive):
+            over = ended[r] or st.at_limit[r]
+            if over:
+                st.finished[si].append(_Final(float(new_scores[r]), st.position, r, int(token[r]), float(chosen[r]), ended[r]))
+            done.append(over)
+        return Choice(new_scores, token, torch.arange(token.size(0), device=token.device), chosen, done, reorder=False)
+
+
+class Sample(Greedy):
+    """One row per sentence; a token drawn from the temperature-scaled, top-k / top-p filtered distribution,
+    with one seeded generator per sentence (a sentence samples the same whatever its batch)."""
+
+    def __init__(self, config: DecodeConfig, batch: int) -> None:
+        super().__init__(config, batch)
+        # without a seed, each sentence draws its own
+        self.generators = [torch.Generator(device="cpu").manual_seed(config.seed if config.seed is not None else torch.seed())
+                           for _ in range(batch)]
+
+    def pick(self, st: StepInput) -> tuple[Tensor, Tensor]:
+        c = self.config
+        filt = _filter_logits(st.logits / c.temperature, c.top_k, c.top_p)
+        filt.index_fill_(-1, st.banned, float("-inf"))  # filt is a new tensor (the logits / temperature)
+        probs = filt.softmax(-1).cpu()
+        token = torch.stack(
+            [torch.multinomial(probs[r], 1, generator=self.generators[si]).squeeze(0) for r, si in enumerate(st.alive)]
+        ).to(st.logp.device)
+        return token, st.logp.gather(1, token[:, None]).squeeze(1)  # (N,) each
+
+
+class Beam:
+    """K rows per sentence; the K best non-EOS continuations among the sentence's 2K best candidates.
+
+    An EOS among the first K candidates finishes a hypothesis (score: log-prob / GNMT length penalty); a
+    sentence is done when it holds K finished hypotheses and (without early stopping) no live beam can
+    still beat the worst of them."""
+
+    def __init__(self, config: DecodeConfig, batch: int) -> None:
+        self.config = config
+        self.width = config.beam_size
+        self.candidates = 2 * config.beam_size
+
+    def step(self, st: StepInput, eos_id: int) -> Choice:
+        c, k_beam = self.config, self.width
+        nb = len(st.alive)
+        new_len = st.position + 1  # hypothesis length if it ends here
+        finished = st.finished
+        w = min(2 * k_beam, st.top_ids.size(1))  # candidates per row
+        cand = (st.scores[:, None] + st.top_lp[:, :w]).view(nb, k_beam * w)  # (B_alive, K*w) hypothesis scores
+        top_scores, top_idx = torch.topk(cand, 2 * k_beam, dim=-1)  # (B_alive, 2K), best first
+        # The 2K best candidates of each sentence are few: the selection below runs on Python lists (a
+        # dozen small tensor ops per step cost more than the loop over 2K numbers).
+        scores_l, idx_l = top_scores.tolist(), top_idx.tolist()
+        ids_l, lps_l = st.top_ids[:, :w].tolist(), st.top_lp[:, :w].tolist()  # (N, w) each
+        lp_now = length_penalty(new_len, c.length_penalty)
+        picked: list[tuple[int, int, float, float]] = []  # per new row: (parent row, token, score, token log p)
+        for bi in range(nb):
+            live: list[tuple[int, int, float, float]] = []
+            ended: list[tuple[int, int, float, float]] = []
+            for rank, (sc, idx) in enumerate(zip(scores_l[bi], idx_l[bi])):
+                row, col = bi * k_beam + idx // w, idx % w
+                tok, lp = ids_l[row][col], lps_l[row][col]
+                if tok == eos_id:
+                    # a finished hypothesis: EOS among the first K candidates
+                    if rank < k_beam and math.isfinite(sc):
+                        finished[st.alive[bi]].append(_Final(sc / lp_now, st.position, row, tok, lp, True))
+                    ended.append((row, tok, float("-inf"), lp))
+                elif len(live) < k_beam:  # next live beams: the best K non-EOS candidates, in score order
+                    live.append((row, tok, sc, lp))
+            # a row's tokens are distinct, so at most K of the 2K are EOS and K live beams are found; were
+            # it otherwise, EOS candidates would fill the beam as dead (-inf) rows
+            picked += live + ended[: k_beam - len(live)]
+        parent_l, token_l, score_l, chosen_l = zip(*picked)
+        device = st.scores.device
+        parent = torch.tensor(parent_l, dtype=torch.long, device=device)  # (N,)
+        token = torch.tensor(token_l, dtype=torch.long, device=device)  # (N,)
+        new_scores = torch.tensor(score_l, dtype=st.scores.dtype, device=device)  # (N,)
+        chosen = torch.tensor(chosen_l, dtype=st.top_lp.dtype, device=device)  # (N,)
+        done = []
+        for bi, si in enumerate(st.alive):
+            if st.at_limit[bi]:  # length cap: the live beams end here, unfinished
+                for r in range(bi * k_beam, (bi + 1) * k_beam):
+                    if math.isfinite(score_l[r]):
+                        finished[si].append(_Final(score_l[r] / lp_now, st.position, parent_l[r], token_l[r], chosen_l[r], False))
+                done.append(True)
+                continue
+            finished[si].sort(key=lambda f: -f.score)
+            del finished[si][k_beam:]
+            stop = False
+            if len(finished[si]) >= k_beam:
+                if c.early_stopping:
+                    stop = True
+                else:
+                    # best score any live beam can still reach (exact for alpha >= 0)
+                    best_live = score_l[bi * k_beam]
+                    bound_len = st.max_new[si] + st.prefix_length if c.length_penalty > 0 else new_len
+                    bound = best_live / length_penalty(bound_len, c.length_penalty)
+                    stop = bound <= finished[si][-1].score
+            done.append(stop)
+        return Choice(new_scores, token, parent, chosen, done, reorder=True)
+
+
+STRATEGY_CLASSES = {"greedy": Greedy, "beam": Beam, "sample": Sample}
+
+
+class DecodingError(TranslateError, ValueError):
+    """Decoding cannot give a meaningful answer: the model produced non-finite log-probabilities (NaN or
+    infinite weights, a NaN layer_norm_eps, an overflow at run time)."""
+
+
 @torch.inference_mode()
 def search(
     model: Transformer,
@@ -161,14 +325,15 @@ def search(
     mc = model.config
     device = src.device
     b = src.size(0)
-    k_beam = config.beam_size if config.strategy == "beam" else 1
+    strategy = STRATEGY_CLASSES[config.strategy](config, b)
+    k_beam = strategy.width  # rows per sentence
     n = b * k_beam
     prefix = list(prefix or [])
     n_alt = config.n_alternatives
     src_len = src.ne(mc.pad_id).sum(1)  # (B,)
     room = mc.max_positions - 1 - len(prefix)  # target positions left after the start token and the prefix
     if room < 1:
-        raise ValueError(f"forced prefix of {len(prefix)} tokens does not fit the model's {mc.max_positions} positions")
+        raise DecodingError(f"forced prefix of {len(prefix)} tokens does not fit the model's {mc.max_positions} positions")
     max_new = [min(config.max_length(int(s), mc.max_positions), room) for s in src_len.tolist()]
     capacity = len(prefix) + max(max_new) + 1
 
@@ -176,9 +341,6 @@ def search(
     cache = model.start_cache(encoded, capacity)  # one row per sentence until the first step is taken
     banned = torch.tensor(_banned_ids(model), dtype=torch.long, device=device)  # ids never generated
     hist = _History()
-    generators = None
-    if config.strategy == "sample":
-        generators = [torch.Generator(device="cpu").manual_seed(config.seed if config.seed is not None else torch.seed()) for _ in range(b)]
 
     # Beam scores: only the first beam of each sentence is live until the first free step.
     beam_scores = torch.zeros(b, k_beam, device=device)
@@ -191,12 +353,16 @@ def search(
     # One top-k per row and step serves both the alternatives shown to the user and the search: beam
     # search's best 2K continuations of a sentence are among its rows' own best 2K (a candidate beaten by
     # 2K others of its own row is beaten by them overall), so it ranks K * 2K candidates instead of K * V.
-    n_top = min(max(n_alt, 2 * k_beam if config.strategy == "beam" else 1), mc.vocab_size)
+    n_top = min(max(n_alt, strategy.candidates), mc.vocab_size)
 
     def record(out, t_index: int, logp: Tensor) -> tuple[Tensor, Tensor]:
         """Keep position t_index's alternatives (and attention); return the rows' best (log-probs, ids), (N, n_top) each."""
         logp.index_fill_(-1, banned, float("-inf"))  # ids never generated; in place: nothing reads these ids later
         top_lp, top_ids = torch.topk(logp, n_top, dim=-1)  # (N, n_top)
+        # topk ranks NaN first, so a NaN anywhere in a row (or a row with nothing finite) shows in its best entry
+        if not bool(torch.isfinite(top_lp[:, 0]).all()):
+            raise DecodingError(f"the model produced non-finite log-probabilities at target position {len(hist.alt_ids)} "
+                                "(NaN or infinite weights or config values); no translation")
         hist.alt_ids.append(top_ids[:, :n_alt])
         hist.alt_lp.append(top_lp[:, :n_alt])
         if need_weights:
@@ -236,80 +402,15 @@ def search(
     step = 0
     while True:
         nb = len(alive)
-        n = nb * k_beam
         position = len(prefix) + step  # index of the target token chosen now
-        new_len = position + 1  # hypothesis length if it ends here
         at_limit = [step + 1 >= max_new[si] for si in alive]
+        choice = strategy.step(StepInput(position, alive, at_limit, beam_scores, row_lp, row_ids, logp, raw_logits, finished,
+                                         max_new, len(prefix), banned), mc.eos_id)
+        parent, token, chosen, new_scores = choice.parents, choice.tokens, choice.token_lps, choice.scores
+        for si, d in zip(alive, choice.done):
+            done[si] = d
 
-        if config.strategy == "beam":
-            w = min(2 * k_beam, n_top)  # candidates per row
-            cand = (beam_scores[:, None] + row_lp[:, :w]).view(nb, k_beam * w)  # (B_alive, K*w) hypothesis scores
-            top_scores, top_idx = torch.topk(cand, 2 * k_beam, dim=-1)  # (B_alive, 2K), best first
-            # The 2K best candidates of each sentence are few: the selection below runs on Python lists (a
-            # dozen tensor ops of a few µs each per step cost more than the loop over 2K numbers).
-            scores_l, idx_l = top_scores.tolist(), top_idx.tolist()
-            ids_l, lps_l = row_ids[:, :w].tolist(), row_lp[:, :w].tolist()  # (N, w) each
-            lp_now = length_penalty(new_len, config.length_penalty)
-            picked: list[tuple[int, int, float, float]] = []  # per new row: (parent row, token, score, token log p)
-            for bi in range(nb):
-                live: list[tuple[int, int, float, float]] = []
-                ended: list[tuple[int, int, float, float]] = []
-                for rank, (sc, idx) in enumerate(zip(scores_l[bi], idx_l[bi])):
-                    row, col = bi * k_beam + idx // w, idx % w
-                    tok, lp = ids_l[row][col], lps_l[row][col]
-                    if tok == mc.eos_id:
-                        # a finished hypothesis: EOS among the first K candidates
-                        if rank < k_beam and math.isfinite(sc):
-                            finished[alive[bi]].append(_Final(sc / lp_now, position, row, tok, lp, True))
-                        ended.append((row, tok, float("-inf"), lp))
-                    elif len(live) < k_beam:  # next live beams: the best K non-EOS candidates, in score order
-                        live.append((row, tok, sc, lp))
-                # a row's tokens are distinct, so at most K of the 2K are EOS and K live beams are found; were
-                # it otherwise, EOS candidates would fill the beam as dead (-inf) rows
-                picked += live + ended[: k_beam - len(live)]
-            parent_l, token_l, score_l, chosen_l = zip(*picked)
-            parent = torch.tensor(parent_l, dtype=torch.long, device=device)  # (N,)
-            token = torch.tensor(token_l, dtype=torch.long, device=device)  # (N,)
-            new_scores = torch.tensor(score_l, dtype=beam_scores.dtype, device=device)  # (N,)
-            chosen = torch.tensor(chosen_l, dtype=row_lp.dtype, device=device)  # (N,)
-            for bi, si in enumerate(alive):
-                if at_limit[bi]:  # length cap: the live beams end here, unfinished
-                    for r in range(bi * k_beam, (bi + 1) * k_beam):
-                        if math.isfinite(score_l[r]):
-                            finished[si].append(_Final(score_l[r] / lp_now, position, parent_l[r], token_l[r], chosen_l[r], False))
-                    done[si] = True
-                    continue
-                finished[si].sort(key=lambda f: -f.score)
-                del finished[si][k_beam:]
-                if len(finished[si]) >= k_beam:
-                    if config.early_stopping:
-                        done[si] = True
-                    else:
-                        # best score any live beam can still reach (exact for alpha >= 0)
-                        best_live = score_l[bi * k_beam]
-                        bound_len = max_new[si] + len(prefix) if config.length_penalty > 0 else new_len
-                        bound = best_live / length_penalty(bound_len, config.length_penalty)
-                        done[si] = bound <= finished[si][-1].score
-        else:
-            if config.strategy == "greedy":
-                token, chosen = row_ids[:, 0], row_lp[:, 0]  # (N,) the most probable id that may be emitted
-            else:
-                filt = _filter_logits(raw_logits / config.temperature, config.top_k, config.top_p)
-                filt.index_fill_(-1, banned, float("-inf"))  # filt is a new tensor (the logits / temperature)
-                probs = filt.softmax(-1).cpu()
-                token = torch.stack(
-                    [torch.multinomial(probs[r], 1, generator=generators[si]).squeeze(0) for r, si in enumerate(alive)]
-                ).to(device)
-                chosen = logp.gather(1, token[:, None]).squeeze(1)  # (N,)
-            parent = torch.arange(n, device=device)
-            new_scores = beam_scores + chosen
-            ended = token.eq(mc.eos_id).tolist()
-            for r, si in enumerate(alive):
-                if ended[r] or at_limit[r]:
-                    finished[si].append(_Final(float(new_scores[r]), position, r, int(token[r]), float(chosen[r]), ended[r]))
-                    done[si] = True
-
-        if config.strategy == "beam":
+        if choice.reorder:
             seq = seq.index_select(0, parent)
         seq = torch.cat([seq, token[:, None]], 1)  # (N, t+1)
         step += 1
@@ -332,7 +433,7 @@ def search(
             partial[alive[bi]] = row
         yield SearchStep(step, partial)
 
-        if config.strategy == "beam" or dropped:
+        if choice.reorder or dropped:
             cache.reorder(parent, same_source=not dropped)
         out = model.decode_step(token[:, None], cache, need_weights)
         raw_logits = out.logits[:, -1].float()
@@ -349,7 +450,7 @@ def search(
     yield SearchDone(hyps, enc_attn, step)
 
 
-def _trace(hist: _History, final: _Final, need_weights: bool, s_real: int) -> Hypothesis:
+def _trace(hist: _History, final: _Final, need_weights: bool, s_real: int) -> SearchHypothesis:
     """Follow the back-pointers from the last token to the first and gather each position's records."""
     tokens, lps, alt_i, alt_l, cross, self_ = [], [], [], [], [], []
     r, tok, lp = final.row, final.token, final.token_lp
@@ -368,7 +469,7 @@ def _trace(hist: _History, final: _Final, need_weights: bool, s_real: int) -> Hy
             r = int(hist.parent[p - 1][r])
     tokens.reverse()
     lps.reverse()
-    return Hypothesis(
+    return SearchHypothesis(
         tokens=tokens,
         token_logprobs=lps,
         alt_ids=torch.stack(alt_i[::-1]),

@@ -15,18 +15,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import LoadedModel, load_model_dir
+from .checkpoint import LoadedModel
 from .config import DecodeConfig, ModelConfig
-from .linear import set_int8
+from .linear import int8_enabled, set_int8
+from .loading import load_model
+from .model import Transformer
 from .results import Alternative, AttentionMaps, Cancelled, Hypothesis, InputTooLong, PartialTranslation, Translation
 from .sentences import split_sentences
-from .search import Hypothesis as RawHypothesis
-from .search import SearchDone, SearchStep, search, search_in_batches
-from .tokenizer import Encoded
+from .search import SearchDone, SearchHypothesis, SearchStep, search, search_in_batches
+from .tokenizer import Encoded, Tokenizer
 
 __all__ = ["Cancelled", "InputTooLong", "Translator", "interactive_threads", "load_translator"]
 
-MAX_INPUT_CHARS = 20_000  # hard cap: longer input is refused with a message
+# Hard cap for the translator's callers (the command line): longer input is refused with a message, never cut.
+# The app refuses sooner (ui/app.py) because each sentence of its input becomes an exchange on screen.
+MAX_INPUT_CHARS = 20_000
 
 
 class Translator:
@@ -42,9 +45,15 @@ class Translator:
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 0, int8: bool = False) -> "Translator":
-        """threads: torch CPU threads (0: leave torch's setting). int8: decode with int8 weights (faster; the
-        default fr-en model scored the same BLEU on the valid set to within 0.1)."""
-        return cls(load_model_dir(path), threads, int8)
+        """threads: torch CPU threads (0: leave torch's setting). int8: decode with int8 weights (faster, about
+        the same BLEU; docs/performance.md)."""
+        return cls(load_model(path), threads, int8)
+
+    @classmethod
+    def for_model(cls, model: Transformer, tokenizer: Tokenizer, name: str = "model") -> "Translator":
+        """A translator over a model in memory (training validation), keeping its current int8 setting."""
+        loaded = LoadedModel(model, tokenizer, model.config, Path(name), {"name": name})
+        return cls(loaded, int8=int8_enabled(model))
 
     # -- description --------------------------------------------------------------------------
     @property
@@ -140,17 +149,20 @@ class Translator:
         return result
 
     def translate_batch(
-        self, texts: list[str], config: DecodeConfig = DecodeConfig(), attention: bool = False, batch_size: int = 32
+        self, texts: list[str], config: DecodeConfig = DecodeConfig(), attention: bool = False, batch_size: int = 32,
+        progress: Callable[[float], None] | None = None,
     ) -> list[Translation]:
-        """Translate many texts, `batch_size` at a time (similar lengths grouped together).
-        Results come back in input order and equal one-by-one translation."""
+        """Translate many texts, `batch_size` sentences at a time (similar lengths grouped together).
+        Results come back in input order and equal one-by-one translation. This is the one bulk path:
+        `translate` on standard input, `eval` and training validation all go through it.
+        `progress(fraction)` is called after each batch with the fraction of sentences done."""
         pieces: list[str] = []
         owner: list[tuple[int, int]] = []  # (text index, number of segments)
         for i, text in enumerate(texts):
             segs = self.segments(text) if text.strip() else [text]
             owner.append((len(pieces), len(segs)))
             pieces.extend(segs)
-        flat = self._translate_pieces(pieces, config, attention, batch_size)
+        flat = self._translate_pieces(pieces, config, attention, batch_size, progress)
         results = []
         for i, (start, n) in enumerate(owner):
             if n == 1:
@@ -164,7 +176,8 @@ class Translator:
                 results.append(merged)
         return results
 
-    def _translate_pieces(self, texts: list[str], config: DecodeConfig, attention: bool, batch_size: int) -> list[Translation]:
+    def _translate_pieces(self, texts: list[str], config: DecodeConfig, attention: bool, batch_size: int,
+                          progress: Callable[[float], None] | None = None) -> list[Translation]:
         results: list[Translation | None] = [None] * len(texts)
         encoded = []
         for i, text in enumerate(texts):
@@ -173,10 +186,14 @@ class Translator:
                 results[i] = self._empty(text, config, "empty input: nothing to translate")
             else:
                 encoded.append((i, enc))
+        done = 0
         for rows, final, seconds in search_in_batches(self.model, [e.ids for _, e in encoded], config, batch_size, attention):
             for row, k in enumerate(rows):
                 i, enc = encoded[k]
                 results[i] = self._translation(texts[i], enc, final, row, config, seconds / len(rows), None, None)
+            done += len(rows)
+            if progress is not None:
+                progress(done / len(encoded))
         return results  # type: ignore[return-value]
 
     # -- helpers ------------------------------------------------------------------------------
@@ -199,7 +216,7 @@ class Translator:
         return Translation(text, list(enc.ids), list(enc.pieces), [tuple(o) for o in enc.offsets], hyps, config,
                            self.name, elapsed, first_token, final.steps)
 
-    def _hypothesis(self, h: RawHypothesis, enc_attn: np.ndarray | None, prefix_length: int) -> Hypothesis:
+    def _hypothesis(self, h: SearchHypothesis, enc_attn: np.ndarray | None, prefix_length: int) -> Hypothesis:
         tok = self.tokenizer
         alt_probs = h.alt_logprobs.exp().tolist()
         alternatives = [
@@ -215,10 +232,9 @@ class Translator:
 
 def interactive_threads() -> int:
     """Torch threads for decoding behind an interactive interface: all cores but one, which is left to the
-    interface (at least one thread). Measured 2026-11-25 on the 2-core VM, keystrokes while a 60-sentence
-    beam search decodes in the app: with 2 threads p90 38 ms / p99 65 ms (both cores busy with torch, one
-    thread spinning between products), with 1 thread p90 2.3 ms / p99 40 ms; one-sentence decoding is
-    about 10% slower with 1 thread (most one-row work is single-threaded anyway)."""
+    interface (at least one thread): with every core busy with torch (one thread spinning between products)
+    keystrokes wait behind decoding, while one-row decoding loses little with a thread fewer (most one-row
+    work is single-threaded anyway). Measurements: docs/performance.md."""
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
 
 
@@ -231,9 +247,8 @@ def load_translator(path: str | Path | None = None, threads: int = 0, int8: bool
 
 
 def freeze_startup_objects() -> None:
-    """Move every object alive now (torch, the model, the tokenizer: about 170,000 of them) out of the
+    """Move every object alive now (torch, the model, the tokenizer: well over 100,000 of them) out of the
     garbage collector's view. Decoding allocates many small objects, which triggers Python's full
-    collections now and then, and each traversed them all: one pause of 95 ms every 320 sentences at
-    batch 32 beam 5 (0.3 ms per sentence; measured with gc.callbacks). Frozen objects are still freed by
-    reference counting, only never as part of a garbage cycle."""
+    collections now and then, and each would traverse them all: a pause in the middle of a batch.
+    Frozen objects are still freed by reference counting, only never as part of a garbage cycle."""
     gc.freeze()

@@ -1,0 +1,51 @@
+"""Decoding flags, generated from `DecodeConfig`'s fields: names, types, defaults and choices are written
+once, in the dataclass; the command line and its help follow it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from .config import STRATEGIES, DecodeConfig
+
+_DEFAULT = DecodeConfig()
+
+# field -> (flag, metavar, help); the default is appended from DecodeConfig
+_FLAGS = {
+    "strategy": ("--strategy", None, "decoding strategy"),
+    "beam_size": ("--beam-size", "N", "beam width for --strategy beam"),
+    "length_penalty": ("--length-penalty", "A", "GNMT length penalty alpha for beam search"),
+    "top_beams": ("--nbest", "N", "number of beam hypotheses to return"),
+    "early_stopping": ("--early-stopping", None, "beam search stops as soon as N hypotheses have finished"),
+    "temperature": ("--temperature", "T", "sampling temperature"),
+    "top_k": ("--top-k", "K", "sample from the K most probable tokens (0 = off)"),
+    "top_p": ("--top-p", "P", "nucleus sampling mass (1.0 = off)"),
+    "seed": ("--seed", "S", "random seed for sampling"),
+    "max_length_ratio": ("--max-length-ratio", "R",
+                         f"max target tokens = R * source tokens + {_DEFAULT.max_length_offset}"),
+}
+
+
+def add_decode_args(parser: argparse.ArgumentParser) -> None:
+    """The `decoding` argument group: one flag per user-facing DecodeConfig field."""
+    group = parser.add_argument_group("decoding")
+    for f in fields(DecodeConfig):
+        if f.name not in _FLAGS:
+            continue
+        flag, metavar, text = _FLAGS[f.name]
+        default = getattr(_DEFAULT, f.name)
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, action="store_true", help=text)
+        elif f.name == "strategy":
+            group.add_argument(flag, dest=f.name, choices=STRATEGIES, default=default, help=f"{text} (default: {default})")
+        else:
+            group.add_argument(flag, dest=f.name, type=type(default), default=default, metavar=metavar,
+                               help=f"{text} (default: {default})")
+
+
+def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
+    """The DecodeConfig the parsed flags describe (n-best applies to beam search only)."""
+    values = {name: getattr(args, name) for name in _FLAGS}
+    if values["strategy"] != "beam":
+        values["top_beams"] = 1
+    return DecodeConfig(**values)
