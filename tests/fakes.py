@@ -35,9 +35,12 @@ class FakeConfig:
 
 class FakeTranslator:
     def __init__(self, path: Path, step_delay: float = 0.0, gate: threading.Event | None = None, confidence: float = 1.0) -> None:
+        from tui_translate import hub
+
         self.path = Path(path)
-        self.name = self.path.name
-        self.source_lang, self.target_lang = self.name.split("-") if "-" in self.name else ("fr", "en")
+        self.name = hub.display_name(self.path)  # a Hub snapshot is named by its repo id, as Translator names it
+        pair = hub.language_pair(self.path) if self.name != self.path.name else None
+        self.source_lang, self.target_lang = pair or (self.name.split("-") if "-" in self.name else ("fr", "en"))
         self.config = FakeConfig()
         self.step_delay = step_delay
         self.gate = gate  # when set, decoding waits on it before every step (to test cancellation)
@@ -143,3 +146,26 @@ def fake_loader(**kw):
         return FakeTranslator(path, **kw)
 
     return load
+
+
+def fill_hub_cache(cache: Path, repo: str, source: str, target: str, sha: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """A Marian model in huggingface_hub's cache layout, as `models pull` leaves it (blobs, a snapshot of
+    symlinks to them, refs/main), its language pair in tokenizer_config.json; the files are not a real model
+    (the fake translator reads none of them). Returns the snapshot directory."""
+    import hashlib
+    import json
+
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = folder / "snapshots" / sha
+    (folder / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    files = {"config.json": json.dumps({"model_type": "marian"}).encode(), "vocab.json": b"{}", "source.spm": b"spm",
+             "target.spm": b"spm", "model.safetensors": b"0" * 2000,
+             "tokenizer_config.json": json.dumps({"source_lang": source, "target_lang": target}).encode()}
+    for name, data in files.items():
+        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(Path("..", "..", "blobs", blob.name))
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(sha)
+    return snapshot

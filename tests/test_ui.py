@@ -847,3 +847,111 @@ async def test_tab_visits_the_stops_the_help_lists_and_grid_cells_show_whole_pie
         grid = app.query_one("#grid", AttentionGrid)
         cells = [t.strip() for t, fg, bg in rendered_segments(grid)]
         assert cells.count("étudiant") >= 8 and "étud" not in cells
+
+
+# -- the model switcher and Hugging Face Hub models (issue 17 items 3 and 4) ----------------------------------
+DE_HUB, ES_HUB, RU_HUB = "Helsinki-NLP/opus-mt-de-en", "Helsinki-NLP/opus-mt-es-en", "Helsinki-NLP/opus-mt-ru-en"
+
+
+def hub_cache(tmp_path: Path, monkeypatch) -> Path:
+    """An empty Hugging Face cache, offline, and no shipped or converted models: the catalog
+    (hub.list_models, as `tui-translate models` lists) holds only what a test puts in the cache."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TUI_TRANSLATE_MODELS", str(tmp_path / "no-shipped-models"))
+    monkeypatch.setenv("TUI_TRANSLATE_DATA", str(tmp_path / "no-data"))
+    return tmp_path / "hf-cache"
+
+
+def hub_app(tmp_path: Path, store: bool = False, **kw) -> TranslateApp:
+    from tui_translate import hub
+
+    return TranslateApp(fake_loader(), FR, [FR, EN], store=Store(tmp_path / "data" if store else None), export_dir=tmp_path,
+                        catalog=hub.list_models, **kw)
+
+
+async def test_the_switcher_lists_cached_hub_models_and_f3_cycles_on_after_one_loads(tmp_path, monkeypatch):
+    from tests.fakes import fill_hub_cache
+
+    cache = hub_cache(tmp_path, monkeypatch)
+    fill_hub_cache(cache, DE_HUB, "deu", "eng")  # Marian's tokenizer_config may name languages in ISO 639-3
+    fill_hub_cache(cache, ES_HUB, "es", "en")
+    app = hub_app(tmp_path, store=True)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        assert app.models == [FR, EN, Path(DE_HUB), Path(ES_HUB)]
+        helps = {c.title: c.help for c in app.get_system_commands(app.screen)}
+        assert helps[f"Use model: {DE_HUB}"].startswith("deu-eng · hub · ") and f"Use model: {ES_HUB}" in helps
+        await pilot.press("f3", "f3")
+        await wait_for(pilot, lambda: app.translator is not None and app.translator.name == DE_HUB)
+        assert app.model_path == Path(DE_HUB)  # the id, not the snapshot directory it loaded from
+        assert (app.translator.source_lang, app.translator.target_lang) == ("deu", "eng") and "deu→eng" in app.sub_title
+        await pilot.press("f3")  # on to the next model, not back to the first
+        await wait_for(pilot, lambda: app.translator is not None and app.translator.name == ES_HUB)
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: app.translator is not None and app.translator.name == "fr-en")
+        await pilot.press("f3", "f3", "f3")
+        await wait_for(pilot, lambda: app.translator is not None and app.translator.name == ES_HUB)
+    again = hub_app(tmp_path, store=True)
+    async with again.run_test(size=(100, 32)) as pilot:  # the settings remember the Hub model by its id
+        await wait_for(pilot, lambda: again.translator is not None)
+        assert again.translator.name == ES_HUB and again.model_path == Path(ES_HUB)
+
+
+async def palette_open(pilot, app, query: str) -> None:
+    from textual.command import CommandInput, CommandList, CommandPalette
+
+    await pilot.press("ctrl+p")
+    await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+    app.screen.query_one(CommandInput).value = query
+    commands = app.screen.query_one(CommandList)
+    await wait_for(pilot, lambda: commands.option_count and "Open Hugging Face model" in str(commands.get_option_at_index(0).prompt))
+    await pilot.press("down", "enter")
+
+
+async def test_a_hub_id_typed_into_the_palette_opens_and_an_uncached_one_offline_is_one_notice(tmp_path, monkeypatch):
+    from tests.fakes import fill_hub_cache
+
+    fill_hub_cache(hub_cache(tmp_path, monkeypatch), DE_HUB, "de", "en")
+    app = TranslateApp(fake_loader(), FR, [FR, EN], store=Store(None), export_dir=tmp_path)  # no catalog: typed ids still open
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        await palette_open(pilot, app, DE_HUB)
+        await wait_for(pilot, lambda: app.translator is not None and app.translator.name == DE_HUB)
+        assert app.model_path == Path(DE_HUB) and app.models == [FR, EN, Path(DE_HUB)] and "de→en" in app.sub_title
+        await submit(pilot, app, "guten tag")
+        assert app.exchanges[-1].model == DE_HUB
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: app.translator is not None and app.translator.name == "fr-en")
+
+        missing = "Helsinki-NLP/opus-mt-fi-en"
+        await palette_open(pilot, app, missing)
+        await pilot.pause()
+        errors = [n.message for n in app._notifications if n.severity == "error"]
+        assert errors == [f"{missing} is not in the Hugging Face cache ({tmp_path / 'hf-cache'}) and HF_HUB_OFFLINE is set (nor is "
+                          f"it a local directory); run `tui-translate models pull {missing}` while online"]
+        assert app.translator is not None and app.translator.name == "fr-en" and not app.loading  # the model in use stays
+
+
+async def test_language_detection_uses_the_models_own_language_pairs(tmp_path, monkeypatch):
+    """Russian is none of the detector's usual languages: a cached ru-en Hub model (its pair written `rus`-`eng`
+    in its tokenizer_config.json) makes Russian recognised, and typing it switches to that model."""
+    from tests.fakes import fill_hub_cache
+    from tui_translate import langid
+
+    fill_hub_cache(hub_cache(tmp_path, monkeypatch), RU_HUB, "rus", "eng")
+    app = hub_app(tmp_path)
+    russian = "Я не знаю, что сказать тебе сегодня."
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None and langid.is_warm(), timeout=60)
+        await submit(pilot, app, russian)
+        assert app.translator.name == RU_HUB and app.translator.source_lang == "rus" and app.exchanges[-1].model == RU_HUB
+        assert [n.message for n in app._notifications if "looks like" in n.message] == [
+            f"This looks like Russian: switched to {RU_HUB}. ctrl+z goes back to fr-en."]
+        await submit(pilot, app, russian)  # Russian typed on the Russian model: neither refused nor switched
+        assert app.translator.name == RU_HUB and len([n for n in app._notifications if "looks like" in n.message]) == 1
+        n = len(app.exchanges)
+        app.query_one("#prompt").value = "Ich habe heute keine Zeit für dich."
+        await pilot.press("enter")
+        assert len(app.exchanges) == n
+        assert any("German" in m.message and "no model" in m.message and RU_HUB in m.message for m in app._notifications)

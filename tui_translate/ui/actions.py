@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import langid
 from ..config import DecodeConfig
 from .exporting import export_attention, export_transcript
+from .models import model_label
 from .screens.decode import DecodeScreen
 from .screens.help import HelpScreen
 from .widgets.live import LivePreview
@@ -16,12 +17,6 @@ from .widgets.prompt import MAX_INPUT_CHARS, Prompt
 
 
 NO_MODEL_HINT = "Press F3 for the next model, or ctrl+p and 'Use model'."
-
-
-def model_languages(path: Path) -> tuple[str, str] | None:
-    """(source, target) from a model directory named like `fr-en`; None for other names."""
-    parts = path.name.split("-")
-    return (parts[0], parts[1]) if len(parts) == 2 and all(len(p) == 2 and p.isalpha() for p in parts) else None
 
 
 class AppActions:
@@ -35,17 +30,29 @@ class AppActions:
         return True
 
     # -- direction by language -------------------------------------------------------------------------------
+    # Languages are the models' own (Translator.source_lang, the pair in each model's files), compared as the
+    # detector's ISO 639-1 codes (a Hub model may say `deu`). A model whose source lingua does not know (a
+    # group such as `mul`) may translate anything typed: then nothing is refused or switched.
+    def _sources(self) -> dict[str, Path]:
+        """Detector code -> the first listed model that translates from that language."""
+        out: dict[str, Path] = {}
+        for p in self.models:
+            if (pair := self.model_pair(p)) and (src := langid.code(pair[0])):
+                out.setdefault(src, p)
+        return out
+
     def refused_language(self, text: str) -> bool:
         """True, after saying so, when `text` is clearly in a language no model translates (invented output
         otherwise). Pressing Enter again on the same text translates it anyway."""
         lang = langid.detect(text) if self.translator is not None and self.detect_language else None  # (no check while a model loads)
         if lang is None or len(text.split()) < 3 or text == self._refused_text:
             return False
-        if lang in {langs[0] for p in self.models if (langs := model_languages(p))} | {self.translator.source_lang}:
+        source = langid.code(self.translator.source_lang)
+        if source is None or lang == source or lang in self._sources():
             return False
         self._refused_text = text
         self.notify(f"This looks like {langid.name(lang)}; no model here translates it (models: "
-                    f"{', '.join(p.name for p in self.models)}). Press Enter again to translate it anyway.",
+                    f"{', '.join(model_label(p) for p in self.models)}). Press Enter again to translate it anyway.",
                     severity="warning", timeout=8)
         return True
 
@@ -53,13 +60,18 @@ class AppActions:
         """Typed text in the current model's target language switches to the model that translates from it
         (when there is one), with a notice; ctrl+z goes back and re-translates with the previous model."""
         lang, current = langid.detect(text) if self.detect_language else None, self.translator
-        if current is None or lang is None or lang == current.source_lang or len(text.split()) < 2:
+        if current is None or lang is None or len(text.split()) < 2:
             return
-        other = next((p for p in self.models if model_languages(p) == (lang, current.source_lang)), None)
-        other = other or next((p for p in self.models if (langs := model_languages(p)) and langs[0] == lang), None)
+        source = langid.code(current.source_lang)
+        if source is None or lang == source:
+            return
+        pair = (lang, source)
+        other = next((p for p in self.models if (mp := self.model_pair(p)) and tuple(map(langid.code, mp)) == pair), None)
+        other = other or self._sources().get(lang)
         if other is not None and other != self.model_path:
             self._direction_back = self.model_path
-            self.notify(f"This looks like {langid.name(lang)}: switched to {other.name}. ctrl+z goes back to {current.name}.", timeout=8)
+            self.notify(f"This looks like {langid.name(lang)}: switched to {model_label(other)}. "
+                        f"ctrl+z goes back to {current.name}.", timeout=8)
             self.use_model(other)
 
     # -- settings -----------------------------------------------------------------------------------------------
@@ -75,7 +87,7 @@ class AppActions:
             self.theme = settings["theme"]
         self.transcript.confidence = settings.get("confidence") is True
         self.live = settings.get("live") is True
-        model = next((p for p in self.models if p.name == settings.get("model")), None)
+        model = next((p for p in self.models if model_label(p) == settings.get("model")), None)
         if self.remember_model and model is not None:
             self.model_path = model
         self._settings_ready = True
@@ -83,7 +95,7 @@ class AppActions:
     def save_settings(self) -> None:
         if getattr(self, "_settings_ready", False):  # not while restoring them
             self._persist(self.store.save_settings, {
-                "model": self.model_path.name, "decoding": self.decode_config.to_dict(), "theme": self.theme,
+                "model": model_label(self.model_path), "decoding": self.decode_config.to_dict(), "theme": self.theme,
                 "confidence": self.transcript.confidence, "live": self.live})
 
     def watch_theme(self) -> None:
@@ -131,9 +143,9 @@ class AppActions:
         ex = self.requests.find(exchange_id)
         if ex is None:
             return
-        current = self.translator.name if self.translator is not None else self.model_path.name
+        current = self.translator.name if self.translator is not None else model_label(self.model_path)
         if ex.model and ex.model != current:
-            other = next((p for p in self.models if p.name == ex.model), None)
+            other = next((p for p in self.models if model_label(p) == ex.model), None)
             if other is not None:
                 self.notify(f"Translating with {ex.model}, the model that made this exchange (F3 to change).", timeout=5)
                 self.use_model(other)
@@ -143,11 +155,13 @@ class AppActions:
         self.translate(ex.source)
 
     def action_swap_model(self) -> None:
-        if len(self.models) < 2:
-            self.notify("No other model directory found.", severity="warning", timeout=3)
+        # A Hub model only partly in the cache is skipped: offline it cannot load (the palette still opens it).
+        models = [p for p in self.models if p == self.model_path or getattr(self.model_entries.get(p), "complete", True)]
+        if len(models) < 2:
+            self.notify("No other model found.", severity="warning", timeout=3)
             return
-        i = self.models.index(self.model_path) if self.model_path in self.models else -1
-        self.use_model(self.models[(i + 1) % len(self.models)])
+        i = models.index(self.model_path) if self.model_path in models else -1
+        self.use_model(models[(i + 1) % len(models)])
 
     def action_toggle_matrix(self) -> None:
         self.inspector.toggle_matrix()

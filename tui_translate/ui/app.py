@@ -22,12 +22,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input
 from textual.worker import get_current_worker
 
-from .. import langid
+from .. import hub, langid
 from ..config import DecodeConfig
 from ..protocols import TranslatorLike
 from .actions import NO_MODEL_HINT, AppActions
-from .commands import app_commands
-from .messages import ModelFailed, ModelLoaded, TokenSelected, TranslationDone, TranslationFailed, TranslationProgress
+from .commands import HubModelCommands, app_commands
+from .messages import ModelDownload, ModelFailed, ModelLoaded, TokenSelected, TranslationDone, TranslationFailed, TranslationProgress
+from .models import hub_ref, language_pair, model_key, model_label
 from .screens.main import MainScreen
 from .requests import Exchange, GcPolicy, Pending, ProgressSlot, RequestTracker, decode_request, resolve_seed
 from .store import Store
@@ -43,6 +44,7 @@ PROGRESS_INTERVAL = 1 / 30  # seconds between redraws of a growing translation
 class TranslateApp(AppActions, App):
     CSS_PATH = "app.tcss"
     TITLE = "tui-translate"
+    COMMANDS = App.COMMANDS | {HubModelCommands}
 
     BINDINGS = [
         Binding("f1", "help", "help"),
@@ -66,7 +68,10 @@ class TranslateApp(AppActions, App):
 
     def __init__(self, loader: Callable[[Path], TranslatorLike], model_path: Path, models: Iterable[Path] = (),
                  store: Store | None = None, export_dir: Path | None = None, decode_config: DecodeConfig | None = None,
-                 remember_model: bool = True, detect_language: bool = True) -> None:
+                 remember_model: bool = True, detect_language: bool = True,
+                 catalog: Callable[[], Iterable[hub.ModelEntry]] | None = None) -> None:
+        """catalog: lists the models to switch between besides `models` (hub.list_models: shipped,
+        converted and cached Hub models); read at start and whenever the command palette opens."""
         super().__init__()
         self.detect_language = detect_language  # see AppActions.switch_direction_for (bench turns it off)
         self.remember_model = remember_model  # False when the user named a model: the saved one does not replace it
@@ -75,6 +80,9 @@ class TranslateApp(AppActions, App):
         self.models = [Path(m) for m in models] or [self.model_path]
         if self.model_path not in self.models:
             self.models.insert(0, self.model_path)
+        self.catalog, self.model_entries = catalog, {}  # model_entries: Path in self.models -> its catalog entry
+        self._pairs: dict[Path, tuple[str, str] | None] = {}  # language pairs read from the models' files
+        self._download: tuple[int, int] | None = None  # bytes of the Hub model being downloaded, for the subtitle
         self.store, self.export_dir = store or Store(None), export_dir or Path.cwd()
         self.translator: TranslatorLike | None = None
         self.loading, self.load_error = False, ""  # load_error: why the last model failed, told when a request finds none
@@ -123,6 +131,7 @@ class TranslateApp(AppActions, App):
         for item in self.store.load_history():
             self.prompt.remember(item)
         self.requests.restore(self.store.load_transcript())
+        self.refresh_models()
         self.restore_settings()
         self.transcript.show(self.exchanges)
         self.prompt.focus()
@@ -141,8 +150,11 @@ class TranslateApp(AppActions, App):
         super().notify(message, markup=markup, **kw)
 
     def _update_subtitle(self) -> None:
-        if self.translator is None:
-            model = f"loading {self.model_path.name}…" if self.loading else "no model"
+        if self.translator is None and self.loading and self._download is not None:
+            done, total = self._download
+            model = f"downloading {model_label(self.model_path)}" + (f" {100 * done // total}%…" if total else "…")
+        elif self.translator is None:
+            model = f"loading {model_label(self.model_path)}…" if self.loading else "no model"
         else:
             model = f"{self.translator.name} ({self.translator.source_lang}→{self.translator.target_lang})"
         self.sub_title = f"{model} · {self.decode_config.describe()}{' · live' if self.live else ''}"
@@ -152,32 +164,105 @@ class TranslateApp(AppActions, App):
         self.save_settings()
 
     # -- model loading --------------------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        """Add what the catalog lists now to the models to switch between (none are dropped: one removed
+        since fails to load with a notice)."""
+        if self.catalog is None:
+            return
+        try:
+            entries = list(self.catalog())
+        except (OSError, ValueError) as e:  # an unreadable cache directory: the models already known stay
+            self.notify(f"Could not list the models: {e}", severity="warning", timeout=6)
+            return
+        known = {model_key(p): p for p in self.models}
+        for entry in entries:
+            key = model_key(Path(entry.spec))
+            if key not in known:
+                known[key] = Path(entry.spec)
+                self.models.append(known[key])
+            path = known[key]
+            self.model_entries[path] = entry
+            self._pairs.pop(path, None)  # a pulled update may name another pair
+
+    def model_pair(self, path: Path) -> tuple[str, str] | None:
+        """(source, target) of a listed model, from its own files."""
+        if path not in self._pairs:
+            self._pairs[path] = language_pair(path, self.model_entries.get(path))
+        return self._pairs[path]
+
     def use_model(self, path: Path) -> None:
         # Requests queued for the previous model are not fed to this one (French input to en-fr).
         for ex in self.requests.drop_pending("cancelled"):
             self.transcript.refresh_exchange(ex)
-        self.model_path, self.translator, self.loading = Path(path), None, True
+        self.model_path, self.translator, self.loading, self._download = Path(path), None, True, None
         self.load_model(self.model_path)
         self._update_subtitle()
 
+    def open_hub_model(self, spec: str) -> None:
+        """A repo id typed into the command palette. Offline, one that is not cached is refused here with
+        the line saying what to run, and the model in use stays; else it loads (downloading first)."""
+        ref = hub.parse_repo_id(spec)
+        if ref is None:
+            self.notify(f"{spec}: not a Hugging Face Hub repo id (owner/name[@revision])", severity="error", timeout=8)
+            return
+        if hub.offline():
+            try:
+                hub.resolve(ref)  # offline it reads the cache only, and says what is missing
+            except hub.HubError as e:
+                self.notify(str(e), severity="error", timeout=12)
+                return
+        self.use_model(Path(str(ref)))
+
     @work(thread=True, exclusive=True, group="load")
     def load_model(self, path: Path) -> None:
-        start = time.perf_counter()
+        start, worker = time.perf_counter(), get_current_worker()
         try:
-            translator = self.loader(path)
+            ref = hub_ref(path)
+            translator = self.loader(self._download_model(ref, worker) if ref is not None else path)
         except Exception as e:  # noqa: BLE001 - any failure becomes a notification
-            self.post_message(ModelFailed(str(path), str(e).splitlines()[0] if str(e) else type(e).__name__))
+            if not worker.is_cancelled:
+                self.post_message(ModelFailed(str(path), str(e).splitlines()[0] if str(e) else type(e).__name__))
             return
-        if not get_current_worker().is_cancelled:  # else another model was chosen while this one loaded
+        if not worker.is_cancelled:  # else another model was chosen while this one loaded
             self.post_message(ModelLoaded(translator, time.perf_counter() - start))
 
+    def _download_model(self, ref: hub.HubRef, worker) -> Path:
+        """The loading worker's first step for a repo id: its cached snapshot, downloaded when missing,
+        with a notification and the progress in the subtitle. Another model chosen meanwhile stops it."""
+        shown = -1
+
+        def progress(done: int, total: int, name: str) -> None:
+            nonlocal shown
+            if worker.is_cancelled:
+                raise RuntimeError("another model was chosen")  # ends the download; nothing half-done is used
+            percent = 100 * done // total if total else 0
+            if percent != shown:  # one message per percent, not per chunk
+                shown = percent
+                self.post_message(ModelDownload(done, total))
+
+        def announce(line: str) -> None:
+            self.call_from_thread(self.notify, line[:1].upper() + line[1:] + "…", timeout=10)
+
+        return hub.resolve(ref, progress, announce)
+
+    def on_model_download(self, message: ModelDownload) -> None:
+        if self.loading:
+            self._download = (message.done, message.total)
+            self._update_subtitle()
+
     def on_model_loaded(self, message: ModelLoaded) -> None:
-        self.translator, self.loading = message.translator, False
+        self.translator, self.loading, self._download = message.translator, False, None
         gc.freeze()  # libraries, model, widgets: see requests.GcPolicy
-        self.model_path = Path(getattr(self.translator, "path", self.model_path))
+        if hub_ref(self.model_path) is None:  # a repo id stays the id (F3 and the settings know it), not its snapshot
+            self.model_path = Path(getattr(self.translator, "path", self.model_path))
+        if self.model_path not in self.models:  # a repo id typed into the palette joins the list
+            self.models.append(self.model_path)
         self._update_subtitle()
         self.notify(f"Model {self.translator.name} ready ({message.seconds:.1f} s)", timeout=3)
         self.save_settings()
+        # The detector learns the languages of the models from their own files (a Hub de-en model: German).
+        langid.want([self.translator.source_lang, self.translator.target_lang,
+                     *(lang for p in self.models for lang in (self.model_pair(p) or ()))])
         if self.detect_language and not langid.is_warm():  # after the model: the first frame and load come first
             self.run_worker(langid.warm_up, thread=True, exclusive=True, group="langid")
         pending, self.requests.pending = self.requests.pending, None
@@ -185,8 +270,8 @@ class TranslateApp(AppActions, App):
             self._start(pending)
 
     def on_model_failed(self, message: ModelFailed) -> None:
-        self.loading = False
-        self.load_error = f"could not load {Path(message.path).name}: {message.error}"
+        self.loading, self._download = False, None
+        self.load_error = f"could not load {model_label(Path(message.path))}: {message.error}"
         self._update_subtitle()
         self.notify(f"Could not load the model: {message.error}", severity="error", timeout=10)
         for ex in self.requests.drop_pending("failed", f"{self.load_error}. {NO_MODEL_HINT}"):
@@ -226,7 +311,7 @@ class TranslateApp(AppActions, App):
         self.transcript.flush()  # the previous request's finished sentences are shown before it is superseded
         for ex in self.requests.supersede():
             self.transcript.refresh_exchange(ex)
-        model = self.translator.name if self.translator is not None else self.model_path.name
+        model = self.translator.name if self.translator is not None else model_label(self.model_path)
         exchanges = self.requests.new_exchanges(segments, config, model, note, compare)
         self.transcript.show(exchanges)
         if self.translator is None:
@@ -293,6 +378,10 @@ class TranslateApp(AppActions, App):
         elif self.translator is not None:
             t = message.exchange.translation
             self.translate(t.source, t.config, prefix=message.prefix, note=message.note)
+
+    def action_command_palette(self) -> None:
+        self.refresh_models()  # a model pulled or converted while the app runs is listed
+        super().action_command_palette()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -18,6 +18,14 @@ class ModelLoaded(Message):
 
 
 @dataclass
+class ModelDownload(Message):
+    """A Hub model is being downloaded by the loading worker: bytes so far and in all."""
+
+    done: int
+    total: int
+
+
+@dataclass
 class ModelFailed(Message):
     path: str
     error: str
