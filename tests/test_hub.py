@@ -195,7 +195,7 @@ def test_language_pair_comes_from_the_model(tmp_path):
 def test_resolve_load_translate_then_offline(fake_hub, marian_dir, monkeypatch, tmp_path):  # noqa: F811
     from huggingface_hub import try_to_load_from_cache
 
-    from tui_translate.checkpoint import load_model_dir
+    from tui_translate.loading import load_model
     from tui_translate.translator import Translator
 
     seen: list[tuple[int, int, str]] = []
@@ -208,8 +208,8 @@ def test_resolve_load_translate_then_offline(fake_hub, marian_dir, monkeypatch, 
     assert seen[-1] == (total, total, seen[-1][2]) and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
     # the standard cache layout: huggingface_hub itself finds the files through the ref we wrote
     assert try_to_load_from_cache(REPO, "model.safetensors", cache_dir=os.environ["HF_HUB_CACHE"]) == str(path / "model.safetensors")
-    t = Translator(load_model_dir(path))
-    reference = Translator(load_model_dir(marian_dir))
+    t = Translator(load_model(path))
+    reference = Translator(load_model(marian_dir))
     assert (t.name, t.source_lang, t.target_lang) == (REPO, "fr", "en")
     for text in ("je suis étudiant", "le chat dort"):
         assert t.translate(text).text == reference.translate(text).text
@@ -217,7 +217,7 @@ def test_resolve_load_translate_then_offline(fake_hub, marian_dir, monkeypatch, 
     from tui_translate import cli  # import-marian takes a repo id too
 
     assert cli.main(["import-marian", REPO, str(tmp_path / "converted")]) == 0
-    assert load_model_dir(tmp_path / "converted").meta["name"] == REPO
+    assert load_model(tmp_path / "converted").meta["name"] == REPO
 
     # offline, and with the server gone: the cached model resolves without a request
     fake_hub.close()
@@ -232,13 +232,13 @@ def test_resolve_load_translate_then_offline(fake_hub, marian_dir, monkeypatch, 
 def test_a_cache_filled_by_huggingface_hub_itself_is_used_offline(fake_hub, monkeypatch):
     from huggingface_hub import snapshot_download
 
-    from tui_translate.checkpoint import load_model_dir
+    from tui_translate.loading import load_model
 
     folder = snapshot_download(REPO, cache_dir=os.environ["HF_HUB_CACHE"], endpoint=fake_hub.url)  # every file, as transformers would
     assert "tf_model.h5" in os.listdir(folder)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.resolve(REPO) == Path(folder)
-    loaded = load_model_dir(folder)
+    loaded = load_model(folder)
     assert (loaded.name, loaded.meta["source_lang"], loaded.meta["target_lang"]) == (REPO, "fr", "en")
 
 
@@ -257,7 +257,7 @@ def test_cli_translate_by_repo_id_online_then_offline(fake_hub, marian_dir):  # 
 
 
 def test_offline_missing_is_one_clear_line(fake_hub):
-    for command in (["translate", "--model", REPO, "bonjour"], ["eval", "x.tsv", "--model", REPO], ["bench", "--model", REPO]):
+    for command in (["translate", "--model", REPO, "bonjour"], ["eval", "x.tsv", "--model", REPO], ["bench", "--input", "x.txt", "--model", REPO]):
         line = one_line_error(cli(*command, env={"HF_HUB_OFFLINE": "1"}))
         assert f"{REPO} is not in the Hugging Face cache" in line and f"tui-translate models pull {REPO}" in line
     assert fake_hub.requests == []
@@ -295,7 +295,8 @@ def _evil_pickle(path: Path, marker: Path) -> None:
 def test_a_pickle_is_never_run(fake_hub, marian_dir, tmp_path):  # noqa: F811
     import torch
 
-    from tui_translate.checkpoint import ModelLoadError, load_model_dir
+    from tui_translate.checkpoint import ModelLoadError
+    from tui_translate.loading import load_model
 
     oracle_marker = tmp_path / "oracle-ran"
     _evil_pickle(tmp_path / "oracle.bin", oracle_marker)
@@ -308,7 +309,7 @@ def test_a_pickle_is_never_run(fake_hub, marian_dir, tmp_path):  # noqa: F811
     fake_hub.add("tiny/pickled", {**files, "pytorch_model.bin": (tmp_path / "evil.bin").read_bytes()})
     path = hub.resolve("tiny/pickled")  # downloaded: a weights-only state dict would be fine ...
     with pytest.raises(ModelLoadError, match="cannot read weights"):
-        load_model_dir(path)  # ... but loading refuses the objects, without running them
+        load_model(path)  # ... but loading refuses the objects, without running them
     assert not marker.exists()
     proc = cli("translate", "--model", "tiny/pickled", "bonjour")
     assert "cannot read weights" in one_line_error(proc)
@@ -323,7 +324,7 @@ def test_a_pickle_is_never_run(fake_hub, marian_dir, tmp_path):  # noqa: F811
 
 
 def test_an_interrupted_download_is_never_used(fake_hub, marian_dir, monkeypatch):  # noqa: F811
-    from tui_translate.checkpoint import load_model_dir
+    from tui_translate.loading import load_model
 
     fake_hub.truncate.add("model.safetensors")  # the connection drops halfway, and resuming fails
     with pytest.raises(hub.HubError, match="downloading model.safetensors failed"):
@@ -353,7 +354,7 @@ def test_an_interrupted_download_is_never_used(fake_hub, marian_dir, monkeypatch
     n = len(fake_hub.fetched())
     path = hub.resolve(REPO)
     assert fake_hub.fetched()[n:] == ["model.safetensors", "tokenizer_config.json"]
-    assert load_model_dir(path).meta["source_lang"] == "fr"
+    assert load_model(path).meta["source_lang"] == "fr"
 
 
 def test_models_list_pull_rm(fake_hub, marian_dir, tmp_path):  # noqa: F811

@@ -209,11 +209,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run_app(args: argparse.Namespace) -> int:
     """Open the app. The translator is created by a loader the app calls in a worker thread,
     so the first frame paints before torch is imported."""
+    from .hub import list_models, parse_repo_id
     from .paths import available_models, data_dir
     from .ui.app import TranslateApp
     from .ui.store import Store
-
-    from .hub import parse_repo_id
 
     hub_id = parse_repo_id(args.model)  # a Hub repo id stays an id: the loader resolves (downloads) it in its worker
     model = Path(str(hub_id)) if hub_id else Path(args.model).expanduser().resolve() if args.model else default_model_dir().resolve()
@@ -230,7 +229,8 @@ def _run_app(args: argparse.Namespace) -> int:
         return load_translator(local, threads=args.threads or interactive_threads(), int8=args.int8)
 
     store = Store(None if args.clean else data_dir())
-    app = TranslateApp(loader, model, models, store=store, export_dir=data_dir() / "exports", remember_model=not args.model)
+    app = TranslateApp(loader, model, models, store=store, export_dir=data_dir() / "exports", remember_model=not args.model,
+                       catalog=list_models)
     app.run()
     return 0
 
