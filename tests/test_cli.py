@@ -61,13 +61,15 @@ def test_json_output_with_attention_and_nbest(model_dir, translator):
     cross = best["attention"]["cross"]
     assert len(cross) == translator.config.n_decoder_layers and len(cross[0]) == translator.config.n_heads
     assert len(cross[0][0]) == len(best["tokens"]) and len(cross[0][0][0]) == len(obj["source_tokens"])
-    assert obj["source_offsets"][0] == [0, 2]
+    assert obj["source_offsets"][0][0] == 0 and len(obj["source_offsets"]) == len(obj["source_tokens"])
+    assert obj["source_offsets"] == [list(o) for o in expected.source_offsets]
 
 
-def test_attention_heatmap(model_dir):
+def test_attention_heatmap(model_dir, translator):
     out = cli("translate", "--model", str(model_dir), "--attention", "--layer", "1", "--head", "0", "le chat dort").stdout.decode()
     assert "cross-attention (layer 1, head 0)" in out
-    assert "le" in out and "·hat" in out and "</s>" in out
+    labels = translator.translate("le chat dort").source_labels()  # the tokenizer's pieces label the columns
+    assert "</s>" in out and all(label in out for label in labels)
 
 
 def test_sampling_seed_flag_is_reproducible(model_dir):

@@ -186,6 +186,94 @@ def test_export_loads_in_transformers_and_ctranslate2(tokenizer, tmp_path):
         assert res[0].hypotheses[0] == t.tokenizer.pieces(ours)
 
 
+def _marian_copy(marian_dir, tmp_path, name="copy"):
+    d = tmp_path / name
+    shutil.copytree(marian_dir, d)
+    return d
+
+
+def _one_line(path) -> str:
+    from tui_translate.loading import load_model
+
+    with pytest.raises(ModelLoadError) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("changes,word", [({"d_model": "32"}, "d_model"), ({"d_model": -32}, "d_model"),
+                                          ({"encoder_layers": 1_000_000}, "encoder layers"), ({"d_model": 10**9}, "d_model"),
+                                          ({"encoder_attention_heads": 0, "decoder_attention_heads": 0}, "n_heads"),
+                                          ({"activation_function": ["swish"]}, "activation"),
+                                          ({"max_position_embeddings": 10**9}, "max_positions"), ({"vocab_size": 2.5}, "vocab")])
+def test_bad_marian_config_is_one_line_before_allocation(marian_dir, tmp_path, monkeypatch, changes, word):
+    import tui_translate.marian as marian
+
+    built = []
+    monkeypatch.setattr(marian, "Transformer", lambda config: built.append(config))
+    d = _marian_copy(marian_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+    msg = _one_line(d)
+    assert word in msg and ("config.json" in msg or "model.safetensors" in msg or "vocab.json" in msg)
+    assert built == []
+
+
+def test_marian_vocab_and_weights_problems_name_the_right_file(marian_dir, tmp_path):
+    d = _marian_copy(marian_dir, tmp_path, "list")
+    (d / "vocab.json").write_text(json.dumps(["</s>", "<unk>"]))
+    assert "vocab.json" in _one_line(d)
+    d = _marian_copy(marian_dir, tmp_path, "nospm")
+    (d / "source.spm").unlink()
+    assert "source.spm: missing" in _one_line(d)  # not config.json: the directory is recognised as Marian
+    d = _marian_copy(marian_dir, tmp_path, "zero")
+    (d / "source.spm").unlink()
+    (d / "source.spm").symlink_to("/dev/zero")
+    assert "source.spm" in _one_line(d)
+    d = _marian_copy(marian_dir, tmp_path, "nan")
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(d / "model.safetensors"))
+    name = "model.decoder.layers.1.fc2.weight"
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    msg = _one_line(d)
+    assert "NaN" in msg and name in msg and "model.safetensors" in msg
+
+
+def test_import_marian_refuses_a_non_empty_target_and_force_keeps_foreign_files(marian_dir, tmp_path):
+    from tui_translate.atomic import OutputExistsError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.txt").write_text("thesis")
+    (out / "target_tokenizer.json").write_text("stale")  # a model directory's own file: replaced
+    with pytest.raises(OutputExistsError, match="not empty"):
+        import_marian(marian_dir, out)
+    assert sorted(p.name for p in out.iterdir()) == ["target_tokenizer.json", "thesis.txt"]
+    import_marian(marian_dir, out, force=True)
+    assert (out / "thesis.txt").read_text() == "thesis"
+    assert (out / "target_tokenizer.json").read_text() != "stale"
+    a = load_model_dir(out).model.state_dict()
+    b = load_marian(marian_dir).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_export_with_force_keeps_foreign_files_and_drops_stale_format_files(tokenizer, tmp_path):
+    model = make_model(tokenizer, norm_placement="post", position_layout="split", final_logits_bias=True,
+                       decoder_start_id=tokenizer.pad_id)
+    ours = save_model_dir(tmp_path / "ours", model, tokenizer, meta={"source_lang": "fr", "target_lang": "en"})
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / "thesis.txt").write_text("thesis")
+    (out / "pytorch_model.bin").write_text("an older export's weights")
+    export_marian(ours, out, force=True)
+    names = {p.name for p in out.iterdir()}
+    assert "thesis.txt" in names and "pytorch_model.bin" not in names and "model.safetensors" in names
+    assert (out / "thesis.txt").read_text() == "thesis"
+
+
 def test_pre_norm_models_refuse_marian_export(model_dir, tmp_path):
     with pytest.raises(ModelLoadError, match="post-norm"):
         export_marian(model_dir, tmp_path / "x")

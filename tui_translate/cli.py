@@ -20,17 +20,53 @@ from .paths import default_model_dir
 SUBCOMMANDS = ("translate", "train", "eval", "bench", "import-marian", "export", "models", "app")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the full usage of a subcommand is 20 lines of noise in a log)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+MAX_THREADS = 256  # torch / tokenizers abort the process (not an exception) when asked for 100,000 threads
+
+
+def int_at_least(low: int, high: int | None = None):
+    """An argparse type: an integer >= low (and <= high)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def direction_arg(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[a-z]{2,3}-[a-z]{2,3}", text):
+        raise argparse.ArgumentTypeError(f"expected SOURCE-TARGET language codes such as fr-en, got {text!r}")
+    return text
+
+
 def _add_model_arg(p: argparse.ArgumentParser, int8: bool = True) -> None:
-    p.add_argument("--model", metavar="DIR|ID", default=None,
-                   help=f"model directory, or a Hugging Face Hub opus-mt repo id owner/name[@revision], downloaded once into "
-                   f"the Hub cache (default: {default_model_dir()})")
+    p.add_argument("--model", metavar="DIR|NAME|ID", default=None,
+                   help=f"model directory, a shipped model's name such as en-fr, or a Hugging Face Hub opus-mt repo id "
+                   f"owner/name[@revision], downloaded once into the Hub cache (default: {default_model_dir()})")
     if int8:
         p.add_argument("--int8", action="store_true",
                        help="decode with int8 weights (per-channel int8: faster, the same BLEU on the default model's valid set)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tui-translate",
         description="A terminal translator where you can watch the Transformer think. "
         "With no subcommand, opens the interactive app on the default French→English model.",
@@ -42,14 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "an empty line gives an empty line).")
     p.add_argument("text", nargs="*", help="text to translate (default: read standard input)")
     _add_model_arg(p)
+    p.add_argument("--direction", type=direction_arg, default=None, metavar="SRC-TGT",
+                   help="translate in this direction: the shipped model for it, e.g. en-fr (with --model: checked against it)")
     _add_decode_args(p)
-    p.add_argument("--batch-size", type=int, default=32, metavar="B", help="sentences decoded together for standard input (default: 32)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32, metavar="B",
+                   help="most lines of standard input decoded together; each line is printed as soon as it is translated (default: 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input: tokens, probabilities, alternatives, scores, n-best")
     p.add_argument("--attention", action="store_true",
                    help="with --json: include the attention arrays; without: print a cross-attention heatmap")
     p.add_argument("--layer", type=int, default=None, metavar="L", help="heatmap layer (default: average over layers)")
     p.add_argument("--head", type=int, default=None, metavar="H", help="heatmap head (default: average over heads)")
-    p.add_argument("--threads", type=int, default=0, metavar="N", help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int_at_least(0, MAX_THREADS), default=0, metavar="N", help="torch CPU threads (default: torch's choice)")
 
     p = sub.add_parser("train", help="train a model on a French<TAB>English TSV file",
                        description="Train a translation model. Run under `torchrun --nproc_per_node N -m tui_translate train ...` "
@@ -108,12 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tsv", metavar="TSV", help="French<TAB>English pairs")
     _add_model_arg(p)
     _add_decode_args(p)
-    p.add_argument("--direction", default=None, choices=["fr-en", "en-fr"], help="default: the model's own direction")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--limit", type=int, default=0, help="score only the first N pairs")
+    p.add_argument("--direction", default=None, choices=["fr-en", "en-fr"],
+                   help="columns to score (default: the model's own direction); without --model, also picks the shipped model for it")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--limit", type=int_at_least(0), default=0, help="score only the first N pairs (0 = all)")
     p.add_argument("--output", metavar="FILE", default=None, help="also write the hypotheses, one per line")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int_at_least(0, MAX_THREADS), default=0)
 
     p = sub.add_parser("bench", help="measure decoding speed (and a training step) against peer engines",
                        description="Interleaved speed measurement on the same sentences: this project's fast and capture paths, "
@@ -122,10 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentences to decode: French<TAB>English pairs (the model's source column) or a text file with one "
                    "sentence per line in the source language")
     _add_model_arg(p, int8=False)
-    p.add_argument("--sentences", type=int, default=200, metavar="N", help="sentences to decode (default: 200)")
-    p.add_argument("--threads", type=int, default=2, metavar="N", help="torch CPU threads (default: 2)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="batch sizes (default: 1 32)")
-    p.add_argument("--block", type=int, default=10, metavar="N",
+    p.add_argument("--sentences", type=int_at_least(1), default=200, metavar="N", help="sentences to decode (default: 200)")
+    p.add_argument("--threads", type=int_at_least(1, MAX_THREADS), default=2, metavar="N", help="torch CPU threads (default: 2)")
+    p.add_argument("--batch-sizes", type=int_at_least(1), nargs="+", default=[1, 32], metavar="B", help="batch sizes (default: 1 32)")
+    p.add_argument("--block", type=int_at_least(1), default=10, metavar="N",
                    help="sentences each engine decodes in a row before the next takes over (default: 10; 1 = every sentence)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers as JSON to FILE")
     p.add_argument("--no-peers", action="store_true", help="measure only this project's engine")
@@ -136,14 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert SRC_DIR (config.json, model.safetensors or pytorch_model.bin, source.spm, target.spm, "
                        "vocab.json) into OUT_DIR. `--model SRC_DIR` also loads such a directory directly. Needs the [marian] extra.")
     p.add_argument("src", metavar="SRC_DIR", help="Marian directory")
-    p.add_argument("out", metavar="OUT_DIR", help="model directory to write")
+    p.add_argument("out", metavar="OUT_DIR", help="model directory to write (absent or empty)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty OUT_DIR: replaces only the model directory's own files, keeps every other file")
 
     p = sub.add_parser("export", help="export a model directory to another format",
                        description="Export MODEL_DIR. hf-marian: a directory transformers.MarianMTModel / MarianTokenizer and "
                        "CTranslate2's converter load (post-norm models with Marian's position layout).")
     p.add_argument("--format", choices=["hf-marian"], default="hf-marian", help="output format (default: hf-marian)")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="model directory")
-    p.add_argument("out", metavar="OUT_DIR", help="directory to write")
+    p.add_argument("out", metavar="OUT_DIR", help="directory to write (absent or empty)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty OUT_DIR: replaces only the exported format's files, keeps every other file")
 
     _add_models_parser(sub)
 
@@ -154,8 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_app_args(p: argparse.ArgumentParser) -> None:
     _add_model_arg(p)
+    p.add_argument("--direction", type=direction_arg, default=None, metavar="SRC-TGT",
+                   help="start on the shipped model for this direction, e.g. en-fr")
     p.add_argument("--clean", action="store_true", help="start with an empty transcript and history (nothing is loaded or saved)")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
+    p.add_argument("--threads", type=int_at_least(0, MAX_THREADS), default=0, metavar="N",
                    help="torch CPU threads for decoding (default: all cores but one, left to the interface)")
 
 
@@ -185,12 +231,12 @@ def main(argv: list[str] | None = None) -> int:
             from .hub import cli_resolve
             from .marian import import_marian
 
-            print(import_marian(cli_resolve(args.src), args.out))
+            print(import_marian(cli_resolve(args.src), args.out, force=args.force))
             return 0
         if args.command == "export":
             from .marian import export_marian
 
-            print(export_marian(args.model_dir, args.out))
+            print(export_marian(args.model_dir, args.out, force=args.force))
             return 0
         return _run_app(args)
     except KeyboardInterrupt:
@@ -198,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as e:  # one line, no traceback, for expected failures
-        from .errors import is_user_error
+        from .errors import is_user_error, one_line
 
         if is_user_error(e):
-            print(f"tui-translate: error: {e}", file=sys.stderr)
+            print(f"tui-translate: error: {one_line(e)}", file=sys.stderr)
             return 2
         raise
 
@@ -209,13 +255,19 @@ def main(argv: list[str] | None = None) -> int:
 def _run_app(args: argparse.Namespace) -> int:
     """Open the app. The translator is created by a loader the app calls in a worker thread,
     so the first frame paints before torch is imported."""
+    from .checkpoint import ModelLoadError
     from .hub import list_models, parse_repo_id
-    from .paths import available_models, data_dir
+    from .paths import available_models, data_dir, resolve_model
     from .ui.app import TranslateApp
     from .ui.store import Store
 
     hub_id = parse_repo_id(args.model)  # a Hub repo id stays an id: the loader resolves (downloads) it in its worker
-    model = Path(str(hub_id)) if hub_id else Path(args.model).expanduser().resolve() if args.model else default_model_dir().resolve()
+    if hub_id:
+        model = Path(str(hub_id))
+    else:
+        model = resolve_model(args.model, args.direction).resolve()
+        if not model.is_dir():  # said here, in one line, rather than by a model that never loads
+            raise ModelLoadError(f"{model}: not a model directory (does not exist or is not a directory)")
     models = [p.resolve() for p in available_models()]
 
     def loader(path: Path):
@@ -229,8 +281,8 @@ def _run_app(args: argparse.Namespace) -> int:
         return load_translator(local, threads=args.threads or interactive_threads(), int8=args.int8)
 
     store = Store(None if args.clean else data_dir())
-    app = TranslateApp(loader, model, models, store=store, export_dir=data_dir() / "exports", remember_model=not args.model,
-                       catalog=list_models)
+    app = TranslateApp(loader, model, models, store=store, export_dir=data_dir() / "exports",
+                       remember_model=not (args.model or args.direction), catalog=list_models)
     app.run()
     return 0
 
@@ -241,10 +293,11 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     from .bench import run_bench
     from .data import DataError, read_sources
+    from .paths import resolve_model
     from .translator import load_translator
 
     torch.set_num_threads(args.threads)
-    translator = load_translator(args.model)
+    translator = load_translator(resolve_model(args.model))
     direction = f"{translator.source_lang}-{translator.target_lang}"
     texts = read_sources(args.input, direction if direction in ("fr-en", "en-fr") else "fr-en", args.sentences)
     if not texts:
@@ -285,14 +338,15 @@ def _run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
+    from .data import DataError, read_pairs
     from .loading import load_model
-    from .data import read_pairs
     from .evaluate import evaluate_pairs
+    from .paths import resolve_model
     from .translator import freeze_startup_objects
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(args.model or default_model_dir())
+    loaded = load_model(resolve_model(args.model, args.direction))
     if args.int8:
         from .linear import set_int8
 
@@ -300,6 +354,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     freeze_startup_objects()
     direction = args.direction or f"{loaded.meta.get('source_lang', 'fr')}-{loaded.meta.get('target_lang', 'en')}"
     pairs = read_pairs(args.tsv, direction, args.limit)
+    if pairs and "\ufeff" in pairs[0][0] + pairs[0][1]:  # a byte-order mark (Windows editors) is not part of the first sentence
+        pairs[0] = (pairs[0][0].lstrip("\ufeff"), pairs[0][1].lstrip("\ufeff"))
+    if not pairs:
+        raise DataError(f"{args.tsv}: no French<TAB>English pairs to score")
     err = Console(stderr=True)
     with Progress(console=err, disable=not err.is_terminal, transient=True) as progress:
         task = progress.add_task("translating", total=len(pairs))
@@ -310,7 +368,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
         write_text(args.output, "".join(h + "\n" for h in hyps))
     if args.json:
-        print(json.dumps({"model": str(loaded.path), "direction": direction, "tsv": args.tsv, **scores.to_dict()}))
+        print(json.dumps({"model": str(loaded.path), "direction": direction, "tsv": args.tsv, **scores.to_dict()}, allow_nan=False))
     else:
         print(f"model      {loaded.path}  ({direction}, {decode_config_from_args(args).describe()})")
         print(f"sentences  {scores.sentences}  in {scores.seconds:.1f}s  ({scores.sentences_per_second:.1f} sentences/s, {torch.get_num_threads()} threads)")

@@ -35,6 +35,38 @@ def _from_dict(cls, data: dict[str, Any]):
     return cls(**data)
 
 
+_POSITIVE_SIZES = ("vocab_size", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "d_ff")
+_RATES = ("dropout", "attention_dropout", "activation_dropout")
+
+
+def _check_model_types(c: "ModelConfig") -> None:
+    """Every field has its declared type and a usable value, before any size is used: a config.json
+    is user-supplied, and `"d_model": "256"`, `n_heads: 0` or a NaN epsilon must be refused in one line,
+    not crash later (ZeroDivisionError) or decode garbage."""
+    import math
+
+    for f in fields(c):
+        value = getattr(c, f.name)
+        want = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type))
+        if want is None:
+            continue
+        ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True  # JSON writes 1.0 as 1 only if someone edits it by hand; an int is a fine float
+        if not ok:
+            raise ConfigError(f"{f.name} must be {'an' if want is int else 'a'} {f.type}, got {value!r}")
+    for name in _POSITIVE_SIZES:
+        if getattr(c, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}")
+    if c.max_positions < 2:
+        raise ConfigError(f"max_positions must be >= 2, got {c.max_positions}")
+    for name in _RATES:
+        if not 0 <= getattr(c, name) < 1:  # also refuses NaN
+            raise ConfigError(f"{name} must be in [0, 1), got {getattr(c, name)}")
+    if not (math.isfinite(c.layer_norm_eps) and c.layer_norm_eps > 0):
+        raise ConfigError(f"layer_norm_eps must be a finite number > 0, got {c.layer_norm_eps}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of an encoder-decoder Transformer.
@@ -70,6 +102,7 @@ class ModelConfig:
     decoder_start_id: int = 1
 
     def __post_init__(self) -> None:
+        _check_model_types(self)
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.activation not in ACTIVATIONS:

@@ -20,20 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .atomic import replace_dir
-from .checkpoint import LoadedModel, ModelLoadError, load_model_dir, save_model_dir
+from .atomic import check_output_dir, write_dir
+from .checkpoint import (MAX_TOKENIZER_BYTES, MODEL_DIR_FILES, LoadedModel, ModelLoadError, check_config_against_weights, check_finite,
+                         load_model_dir, read_file_bytes, read_json_file, safetensors_header, write_model_files,
+                         write_safetensors)
 from .config import ConfigError, ModelConfig
 from .model import Transformer
 from .tokenizer import WORD_START, Tokenizer
 
 ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "silu", "gelu_new": "gelu_new"}
 MARIAN_FILES = ("config.json", "source.spm", "target.spm", "vocab.json")
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "pytorch_model.bin", "source.spm", "target.spm",
+                "vocab.json", "tokenizer_config.json", "README.md")  # a stale pytorch_model.bin would be loaded too
 
 
 def is_marian_dir(path: Path) -> bool:
-    return (path / "source.spm").exists() or (path / "vocab.json").exists() and (path / "target.spm").exists()
+    """Any of a Marian directory's own files: a missing one is then reported by its name, not as config.json's."""
+    return any((path / f).exists() for f in ("source.spm", "target.spm", "vocab.json"))
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -49,12 +54,12 @@ def config_from_marian(cfg: dict[str, Any], unk_id: int, where: Path, bos_id: in
         raise ModelLoadError(f"{where}: different encoder/decoder head counts are not supported")
     if need("encoder_ffn_dim") != need("decoder_ffn_dim"):
         raise ModelLoadError(f"{where}: different encoder/decoder ffn sizes are not supported")
-    if cfg.get("decoder_vocab_size", cfg["vocab_size"]) != cfg["vocab_size"] or not cfg.get("share_encoder_decoder_embeddings", True):
+    if cfg.get("decoder_vocab_size", need("vocab_size")) != cfg["vocab_size"] or not cfg.get("share_encoder_decoder_embeddings", True):
         raise ModelLoadError(f"{where}: separate source/target vocabularies are not supported")
     if cfg.get("normalize_before", False) or cfg.get("add_final_layer_norm", False) or cfg.get("normalize_embedding", False):
         raise ModelLoadError(f"{where}: pre-norm / embedding-norm Marian variants are not supported")
     act = need("activation_function")
-    if act not in ACTIVATIONS:
+    if not isinstance(act, str) or act not in ACTIVATIONS:
         raise ModelLoadError(f"{where}: activation {act!r} is not supported")
     try:
         return ModelConfig(
@@ -68,7 +73,7 @@ def config_from_marian(cfg: dict[str, Any], unk_id: int, where: Path, bos_id: in
             unk_id=unk_id,
             decoder_start_id=cfg.get("decoder_start_token_id", cfg["pad_token_id"]),
         )
-    except ConfigError as e:
+    except (ConfigError, TypeError) as e:
         raise ModelLoadError(f"{where}: {e}") from None
 
 
@@ -128,21 +133,56 @@ def ours_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def read_marian_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_marian_weights(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors renamed to ours, checked against `config` (names, shapes, dtypes, and the
+    sizes config.json asks for) before any model is allocated, and finite."""
     st, binary = path / "model.safetensors", path / "pytorch_model.bin"
-    try:
-        if st.exists():
-            return load_file(str(st))
-        if binary.exists():  # never unpickle arbitrary objects
-            state = torch.load(binary, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict):
-                raise ModelLoadError(f"{binary}: not a state dict")
-            return state
-    except ModelLoadError:
-        raise
-    except Exception as e:
-        raise ModelLoadError(f"{st if st.exists() else binary}: cannot read weights ({str(e).splitlines()[0][:160]})") from None
-    raise ModelLoadError(f"{path}: missing model.safetensors (or pytorch_model.bin)")
+    if st.exists() or st.is_symlink():
+        file = st
+        hf_shapes = safetensors_header(st)
+    elif binary.exists() or binary.is_symlink():  # never unpickle arbitrary objects
+        file = binary
+        try:
+            if not binary.is_file():
+                raise ModelLoadError(f"{binary}: not a regular file")
+            try:  # mapped, not read: sizes are checked before anything is allocated
+                state = torch.load(binary, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be mapped
+                state = torch.load(binary, map_location="cpu", weights_only=True)
+        except ModelLoadError:
+            raise
+        except Exception as e:
+            raise ModelLoadError(f"{binary}: cannot read weights ({_first_line(e)})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ModelLoadError(f"{binary}: not a state dict of tensors")
+        dtypes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+        hf_shapes = {k: (dtypes.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in state.items()}
+    else:
+        raise ModelLoadError(f"{path}: missing model.safetensors (or pytorch_model.bin)")
+    shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
+    hf_name: dict[str, str] = {}
+    for name, (dtype, shape) in hf_shapes.items():
+        ours = hf_to_ours_name(name)
+        if ours is None:
+            continue
+        if ours.startswith("?"):
+            raise ModelLoadError(f"{file}: unexpected tensor {name!r} (not a MarianMTModel checkpoint?)")
+        if ours in shapes and shapes[ours][1] != shape:
+            raise ModelLoadError(f"{file}: tensors {hf_name[ours]} and {name} should be the same shared embedding")
+        shapes[ours], hf_name[ours] = (dtype, shape), hf_name.get(ours, name)
+    check_config_against_weights(config, shapes, file, path / "config.json", name_of=lambda k: hf_name.get(k, k))
+    if file is st:
+        try:
+            state = load_file(str(st))
+        except Exception as e:
+            raise ModelLoadError(f"{st}: cannot read weights ({_first_line(e)})") from None
+    out = {ours: state[name].float() for ours, name in hf_name.items()}
+    check_finite(out, file, name_of=lambda k: hf_name.get(k, k))
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0][:160] if str(e).strip() else type(e).__name__
 
 
 # -- tokenizers -----------------------------------------------------------------------------------
@@ -155,8 +195,9 @@ def spm_to_tokenizers(spm_path: Path, vocab: dict[str, int]):
     from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
+    data = read_file_bytes(spm_path, MAX_TOKENIZER_BYTES)
     try:
-        sp = spm.SentencePieceProcessor(model_file=str(spm_path))
+        sp = spm.SentencePieceProcessor(model_proto=data)
     except Exception as e:
         raise ModelLoadError(f"{spm_path}: not a SentencePiece model ({str(e).splitlines()[0][:120]})") from None
     scores = {sp.id_to_piece(i): sp.get_score(i) for i in range(sp.get_piece_size())
@@ -167,7 +208,7 @@ def spm_to_tokenizers(spm_path: Path, vocab: dict[str, int]):
         raise ModelLoadError(f"{spm_path.parent / 'vocab.json'}: ids are not 0..{len(ids) - 1}")
     by_id = sorted(vocab.items(), key=lambda kv: kv[1])
     specials = [p for p, _ in by_id if p.startswith("<") and p.endswith(">")]
-    if _spm_is_bpe(spm_path):
+    if _spm_is_bpe(data):
         # BPE: merges ordered by the score of the merged piece (as SentencePiece applies them)
         merges = []
         for piece, score in sorted(scores.items(), key=lambda kv: -kv[1]):
@@ -187,13 +228,13 @@ def spm_to_tokenizers(spm_path: Path, vocab: dict[str, int]):
     return tk
 
 
-def _spm_is_bpe(spm_path: Path) -> bool:
+def _spm_is_bpe(data: bytes) -> bool:
     try:
         from sentencepiece import sentencepiece_model_pb2 as pb
     except ImportError:  # protobuf missing: opus-mt models are all unigram
         return False
     proto = pb.ModelProto()
-    proto.ParseFromString(spm_path.read_bytes())
+    proto.ParseFromString(data)
     return proto.trainer_spec.model_type == pb.TrainerSpec.BPE
 
 
@@ -238,32 +279,20 @@ def load_marian(path: str | Path) -> LoadedModel:
     for f in MARIAN_FILES:
         if not (path / f).exists():
             raise ModelLoadError(f"{path / f}: missing (a Marian directory needs {', '.join(MARIAN_FILES)} and model weights)")
-    try:
-        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path}: config.json / vocab.json is not valid JSON ({e})") from None
+    cfg = read_json_file(path / "config.json")
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{path / 'config.json'}: expected a JSON object (a MarianConfig)")
+    vocab = read_json_file(path / "vocab.json", MAX_TOKENIZER_BYTES)
+    if not isinstance(vocab, dict) or not all(isinstance(k, str) and type(v) is int for k, v in vocab.items()):
+        raise ModelLoadError(f"{path / 'vocab.json'}: expected an object mapping pieces to integer ids")
     if "<unk>" not in vocab:
         raise ModelLoadError(f"{path / 'vocab.json'}: no <unk> entry")
     config = config_from_marian(cfg, vocab["<unk>"], path / "config.json", vocab.get("<s>"))
     if len(vocab) != config.vocab_size:
         raise ModelLoadError(f"{path / 'vocab.json'}: {len(vocab)} entries but config.json says vocab_size={config.vocab_size}")
     tok = Tokenizer(spm_to_tokenizers(path / "source.spm", vocab), spm_to_tokenizers(path / "target.spm", vocab))
+    state = read_marian_weights(path, config)
     model = Transformer(config)
-    expected = model.state_dict()
-    state: dict[str, torch.Tensor] = {}
-    for name, t in read_marian_weights(path).items():
-        ours = hf_to_ours_name(name)
-        if ours is None:
-            continue
-        if ours.startswith("?") or ours not in expected:
-            raise ModelLoadError(f"{path}: unexpected tensor {name!r} (not a MarianMTModel checkpoint?)")
-        if tuple(t.shape) != tuple(expected[ours].shape):
-            raise ModelLoadError(f"{path}: tensor {name} has shape {list(t.shape)}, config.json implies {list(expected[ours].shape)}")
-        state[ours] = t.float()
-    missing = {k for k in expected if k not in state} - {"tgt_embed.weight", "output_proj.weight", "positions"}
-    if missing:
-        raise ModelLoadError(f"{path}: weights lack {sorted(missing)[:3]}")
     model.load_state_dict(state, strict=False)
     model.eval()
     from .hub import display_name, language_pair
@@ -274,21 +303,26 @@ def load_marian(path: str | Path) -> LoadedModel:
     return LoadedModel(model, tok, config, path, meta)
 
 
-def import_marian(src: str | Path, out: str | Path) -> Path:
+def import_marian(src: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Convert a Marian directory into a model directory at `out`: refused if `out` is `src` or is not
+    empty (unless `force`: then only the model directory's own files are replaced)."""
+    check_output_dir(out, force, [src])
     loaded = load_marian(src)
     card = (f"# {loaded.meta['name']}\n\nImported from the Hugging Face Marian checkpoint `{loaded.meta['name']}` with "
             "`tui-translate import-marian`. See the original model card for data, licence and scores.\n")
-    dest = save_model_dir(out, loaded.model, loaded.tokenizer, card=card, meta=loaded.meta)
-    return dest
+    return write_dir(lambda tmp: write_model_files(tmp, loaded.model, loaded.tokenizer, card, loaded.meta), out, force,
+                     MODEL_DIR_FILES, [src])
 
 
-def export_marian(model_dir: str | Path, out: str | Path) -> Path:
+def export_marian(model_dir: str | Path, out: str | Path, force: bool = False) -> Path:
     """Write a Marian directory that transformers (MarianMTModel, MarianTokenizer) and CTranslate2 load.
 
     Marian keeps <pad> as the last id and CTranslate2 relies on it, so the vocabulary is permuted
     to put pad last (ids differ from ours; pieces and outputs do not). CTranslate2 starts the
     decoder from a zero embedding, which equals ours when the model's decoder start token is pad
-    (train with --marian-compatible)."""
+    (train with --marian-compatible). `out` must not be `model_dir` and must be empty or absent unless
+    `force` (then only the files of a Marian directory are replaced)."""
+    check_output_dir(out, force, [model_dir])
     loaded = load_model_dir(model_dir)
     c = loaded.config
     config_to_marian(c)  # refuses architectures Marian cannot represent
@@ -314,7 +348,7 @@ def export_marian(model_dir: str | Path, out: str | Path) -> Path:
             "bad_words_ids": [[permuted.pad_id]], "decoder_start_token_id": permuted.decoder_start_id,
             "eos_token_id": permuted.eos_id, "forced_eos_token_id": permuted.eos_id, "pad_token_id": permuted.pad_id,
             "max_length": c.max_positions, "num_beams": 5}, indent=2))
-        save_file(ours_to_hf(state), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_safetensors(ours_to_hf(state), tmp / "model.safetensors", metadata={"format": "pt"})
         spm_bytes = bpe_to_spm_bytes(tok)
         (tmp / "source.spm").write_bytes(spm_bytes)
         (tmp / "target.spm").write_bytes(spm_bytes)
@@ -327,4 +361,4 @@ def export_marian(model_dir: str | Path, out: str | Path) -> Path:
         if card.exists():
             shutil.copyfile(card, tmp / "README.md")
 
-    return replace_dir(build, out)
+    return write_dir(build, out, force, EXPORT_FILES, [model_dir])

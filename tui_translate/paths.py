@@ -42,3 +42,41 @@ def data_dir() -> Path:
     """Per-user data directory (transcript, history, exports). TUI_TRANSLATE_DATA overrides it."""
     env = os.environ.get("TUI_TRANSLATE_DATA")
     return Path(env) if env else user_data_path("tui-translate", appauthor=False)
+
+
+def model_direction(path: Path) -> str | None:
+    """'fr-en' from a model directory's config.json meta (None when unknown or unreadable)."""
+    import json
+
+    try:
+        with open(path / "config.json", "rb") as f:
+            meta = json.loads(f.read(1 << 20)).get("meta") or {}
+        return f"{meta['source_lang']}-{meta['target_lang']}"
+    except Exception:  # an unreadable model is reported by the loader, in one line
+        return None
+
+
+def resolve_model(model: str | None = None, direction: str | None = None) -> Path:
+    """The model directory `--model` / `--direction` mean.
+
+    --model: a directory, or the name of a shipped model (`--model en-fr`: models/en-fr) when no such
+    directory exists here. --direction (without --model): the shipped model named so, else the one whose
+    config says it translates that direction. Neither: the default model."""
+    from .errors import TranslateError
+
+    if model:
+        path = Path(model).expanduser()
+        if not path.exists() and "/" not in model and os.sep not in model and (models_root() / model).is_dir():
+            return models_root() / model
+        return path
+    if direction:
+        models = available_models()
+        for p in models:
+            if p.name == direction:
+                return p
+        for p in models:
+            if model_direction(p) == direction:
+                return p
+        have = ", ".join(sorted({d for d in map(model_direction, models) if d})) or "none"
+        raise TranslateError(f"no model for {direction} in {models_root()} (directions available: {have}); use --model DIR")
+    return default_model_dir()

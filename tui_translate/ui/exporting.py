@@ -6,6 +6,7 @@ Every file is written atomically; the paths are returned so the app can show the
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import time
@@ -23,17 +24,22 @@ def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
 
 
+def _md(text: str) -> str:
+    """Text as Markdown shows it: raw HTML (`<script>`) in a source or a model's output is escaped, never run."""
+    return html.escape(str(text), quote=False)
+
+
 def transcript_markdown(exchanges) -> str:
     lines = ["# tui-translate transcript", ""]
     for ex in exchanges:
-        lines.append(f"**{ex.source}**")
+        lines.append(f"**{_md(ex.source)}**")
         lines.append("")
-        lines.append(f"> {ex.text}")
+        lines.append(f"> {_md(ex.text)}")
         t = ex.translation
         if t is not None and len(t.hypotheses) > 1:
             for k, h in enumerate(t.hypotheses[1:], 2):
-                lines.append(f">  {k}. {h.text} (score {h.score:.3f})")
-        meta = f"*{ex.model} · {ex.label}"
+                lines.append(f">  {k}. {_md(h.text)} (score {h.score:.3f})")
+        meta = f"*{_md(ex.model)} · {_md(ex.label)}"
         if t is not None:
             meta += f" · {t.elapsed_s * 1000:.0f} ms"
             if t.hypotheses:
