@@ -12,11 +12,13 @@ class TranslateError(Exception):
 
 
 def is_user_error(e: BaseException) -> bool:
-    from .hub import HubError
-
     # HubError, DataError (data.py) and plain ValueError remain until their raises derive from
     # TranslateError: train.py and oneshot.py still raise ValueError for bad flags and run directories.
-    if isinstance(e, (TranslateError, HubError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+    # hub is looked up, not imported (a HubError exists only once hub was imported; an import here
+    # would close a circle atomic -> errors -> hub -> atomic).
+    hub = sys.modules.get(f"{__package__}.hub")
+    hub_errors = (hub.HubError,) if hub is not None else ()
+    if isinstance(e, (TranslateError, *hub_errors, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
                       ValueError)):
         return True
     # the disk is full, read-only, a path is too long or loops: the user's to fix, in one line
