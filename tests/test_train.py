@@ -184,6 +184,10 @@ def test_eval_command_matches_sacrebleu_on_its_own_output(toy_run, toy_files, tm
     assert obj["bleu"] == pytest.approx(round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2))
     assert obj["chrf"] == pytest.approx(round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2))
     assert obj["sentences"] == len(refs) and obj["sentences_per_second"] > 0
+    from tui_translate.quality import repetition_rate
+
+    assert obj["repetition_rate"] == pytest.approx(round(repetition_rate(hyps), 4))
+    assert obj["number_sentences"] == 0 and obj["numbers_kept"] == 1.0  # the toy language has no digits
 
 
 def test_marian_compatible_training_keeps_the_start_embedding_zero(toy_files, tmp_path):

@@ -343,6 +343,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_pairs
     from .paths import resolve_model
     from .translator import freeze_startup_objects
+    from .quality import numbers_kept, repetition_rate
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -367,13 +368,19 @@ def _run_eval(args: argparse.Namespace) -> int:
         from .atomic import write_text
 
         write_text(args.output, "".join(h + "\n" for h in hyps))
+    kept, n_numbers = numbers_kept([src for src, _ in pairs], hyps)
+    repeats = repetition_rate(hyps)
     if args.json:
-        print(json.dumps({"model": str(loaded.path), "direction": direction, "tsv": args.tsv, **scores.to_dict()}, allow_nan=False))
+        print(json.dumps({"model": str(loaded.path), "direction": direction, "tsv": args.tsv, **scores.to_dict(),
+                          "numbers_kept": round(kept, 4), "number_sentences": n_numbers,
+                          "repetition_rate": round(repeats, 4)}, allow_nan=False))
     else:
         print(f"model      {loaded.path}  ({direction}, {decode_config_from_args(args).describe()})")
         print(f"sentences  {scores.sentences}  in {scores.seconds:.1f}s  ({scores.sentences_per_second:.1f} sentences/s, {torch.get_num_threads()} threads)")
         print(f"BLEU       {scores.bleu:.2f}   {scores.bleu_signature}")
         print(f"chrF       {scores.chrf:.2f}   {scores.chrf_signature}")
+        print(f"numbers    {kept:.1%} of {n_numbers} sources with digits keep every digit run")
+        print(f"repeats    {repeats:.2%} of outputs repeat a word 3+ times in a row")
     return 0
 
 
