@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,9 +81,9 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metada
         f.write(safetensors_bytes(tensors, metadata=metadata))
 
 
-def read_file_bytes(file: Path, limit: int) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes, or a one-line `ModelLoadError`: a missing file,
-    a symlink loop, a device (/dev/zero), a FIFO or an oversized file never reaches a parser."""
+def regular_file_stat(file: Path) -> os.stat_result:
+    """stat() of a regular file, or a one-line `ModelLoadError` (missing, unreadable, a symlink loop, a
+    device or a FIFO)."""
     try:
         st = file.stat()
     except FileNotFoundError:
@@ -91,6 +92,13 @@ def read_file_bytes(file: Path, limit: int) -> bytes:
         raise ModelLoadError(f"{file}: cannot be read ({e.strerror or type(e).__name__})") from None
     if not stat.S_ISREG(st.st_mode):
         raise ModelLoadError(f"{file}: not a regular file")
+    return st
+
+
+def read_file_bytes(file: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, or a one-line `ModelLoadError`: a missing file,
+    a symlink loop, a device (/dev/zero), a FIFO or an oversized file never reaches a parser."""
+    st = regular_file_stat(file)
     if st.st_size > limit:
         raise ModelLoadError(f"{file}: {st.st_size:,} bytes, over the {limit:,}-byte limit for this file")
     try:
@@ -216,14 +224,7 @@ def check_config_against_weights(config: ModelConfig, shapes: dict[str, tuple[st
 
 def safetensors_header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (dtype, shape) from a safetensors file's header, reading no tensor data."""
-    try:
-        st = file.stat()
-    except FileNotFoundError:
-        raise ModelLoadError(f"{file}: missing") from None
-    except OSError as e:
-        raise ModelLoadError(f"{file}: cannot be read ({e.strerror or type(e).__name__})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelLoadError(f"{file}: not a regular file")
+    regular_file_stat(file)
     try:
         with safe_open(str(file), framework="pt") as f:
             return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
