@@ -165,7 +165,7 @@ def latest_good_checkpoint(out_dir: Path, model: Transformer, opt, console: Cons
         except Exception as e:  # torn / corrupt checkpoint: fall back to the previous one
             msg = f"checkpoint {path.name} is unreadable ({type(e).__name__}: {str(e)[:120]}); falling back to the previous one"
             warnings.warn(msg, stacklevel=1)
-            console.print(f"[yellow]warning:[/] {msg}")
+            console.print(f"warning: {msg}", style="yellow", markup=False, soft_wrap=True)  # paths are not markup
     return None
 
 
@@ -181,7 +181,7 @@ def average_checkpoints(paths: list[Path], console: Console | None = None) -> tu
             msg = f"checkpoint {p.name} is unreadable ({type(e).__name__}: {str(e)[:120]}); left out of the average"
             warnings.warn(msg, stacklevel=1)
             if console is not None:
-                console.print(f"[yellow]warning:[/] {msg}")
+                console.print(f"warning: {msg}", style="yellow", markup=False, soft_wrap=True)  # paths are not markup
             continue
         if total and set(weights) != set(total):
             continue
