@@ -200,3 +200,55 @@ def test_marian_compatible_training_keeps_the_start_embedding_zero(toy_files, tm
     assert m.config.decoder_start_id == m.config.pad_id
     assert torch.count_nonzero(m.tgt_embed.weight[m.config.pad_id]) == 0
     assert torch.count_nonzero(m.tgt_embed.weight[m.config.eos_id]) > 0
+
+
+@pytest.mark.parametrize("flags", [["--warmup", "0"], ["--eval-every", "0"], ["--save-every", "0"], ["--heads", "0"],
+                                   ["--label-smoothing", "2"], ["--max-len", "0"], ["--lr", "nan"]])
+def test_bad_train_flags_are_one_line(toy_files, tmp_path, flags):
+    train_tsv, valid_tsv = toy_files
+    proc = subprocess.run([sys.executable, "-m", "tui_translate", "train", "--train", train_tsv, "--valid", valid_tsv,
+                           "--out", str(tmp_path / "run"), "--no-clean", *flags], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not list((tmp_path / "run").glob("checkpoints/*"))
+
+
+def test_out_that_is_a_file_and_empty_training_data_are_refused(toy_files, tmp_path):
+    from tui_translate.config import ConfigError
+    from tui_translate.data import DataError
+
+    out_file = tmp_path / "file"
+    out_file.write_text("keep me")
+    with pytest.raises(ConfigError, match="not a directory"):
+        train(toy_config(toy_files, out_file))
+    assert out_file.read_text() == "keep me"
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match="no training pairs"):
+        train(toy_config((str(empty), toy_files[1]), tmp_path / "run"))
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_resume_with_other_data_is_refused(toy_files, tmp_path):
+    from tui_translate.config import ConfigError
+
+    out = tmp_path / "run"
+    train(toy_config(toy_files, out, max_steps=20, eval_every=1000, save_every=10))
+    other = write_tsv(tmp_path / "other.tsv", toy_pairs(50, 9))
+    with pytest.raises(ConfigError, match="different train"):
+        train(toy_config((other, toy_files[1]), out, max_steps=40), resume=True)
+    train(toy_config(toy_files, out, max_steps=30, eval_every=1000, save_every=10), resume=True)  # same data: resumes
+
+
+def test_a_truncated_checkpoint_is_left_out_of_the_average(toy_files, tmp_path):
+    from tui_translate.train import export_run
+
+    out = tmp_path / "run"
+    train(toy_config(toy_files, out, max_steps=30, eval_every=1000, save_every=10, average_last=3))
+    ckpts = checkpoint_dirs(out)
+    weights = ckpts[0] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # torn by a kill or a full disk
+    with pytest.warns(UserWarning, match="left out of the average"):
+        model_dir = export_run(out)
+    meta = json.loads((model_dir / "config.json").read_text())["meta"]
+    assert meta["averaged_checkpoints"] == [p.name for p in ckpts[1:]]
