@@ -19,6 +19,7 @@ The cleaned pairs are cached next to the run with the report, so a resumed run d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -84,16 +85,23 @@ def _is_copy(fr: str, en: str) -> bool:
     return nf == ne and _judged(fr)
 
 
-def language_confidences(texts: Sequence[str], language: str) -> list[float]:
-    """lingua's confidence that each text is in `language` ('fr' or 'en'), among the languages most
-    often mixed into French-English corpora."""
+@functools.cache
+def _detector():
+    """One lingua detector for every corpus and side (building one loads its language models)."""
     from lingua import Language, LanguageDetectorBuilder
 
     langs = [Language.ENGLISH, Language.FRENCH, Language.GERMAN, Language.SPANISH, Language.ITALIAN,
              Language.PORTUGUESE, Language.DUTCH]
-    detector = LanguageDetectorBuilder.from_languages(*langs).with_preloaded_language_models().build()
+    return LanguageDetectorBuilder.from_languages(*langs).with_preloaded_language_models().build()
+
+
+def language_confidences(texts: Sequence[str], language: str) -> list[float]:
+    """lingua's confidence that each text is in `language` ('fr' or 'en'), among the languages most
+    often mixed into French-English corpora."""
+    from lingua import Language
+
     target = {"fr": Language.FRENCH, "en": Language.ENGLISH}[language]
-    return list(detector.compute_language_confidence_in_parallel(list(texts), target))
+    return list(_detector().compute_language_confidence_in_parallel(list(texts), target))
 
 
 def read_tsv(path: str | Path) -> list[list[str]]:
