@@ -252,3 +252,28 @@ def test_a_truncated_checkpoint_is_left_out_of_the_average(toy_files, tmp_path):
         model_dir = export_run(out)
     meta = json.loads((model_dir / "config.json").read_text())["meta"]
     assert meta["averaged_checkpoints"] == [p.name for p in ckpts[1:]]
+
+
+def test_a_run_continued_from_its_exported_model_keeps_step_schedule_and_curve(toy_files, tmp_path):
+    """A new machine warm-starts from the committed export: same step, learning-rate schedule and data order,
+    only the optimizer moments are new (their first steps re-warmed); the curve so far is carried."""
+    from tui_translate.train import lr_at
+
+    first = tmp_path / "first"
+    train(toy_config(toy_files, first, max_steps=120, eval_every=60))
+    cfg = toy_config(toy_files, tmp_path / "next", max_steps=180, eval_every=60, init_from=str(first / "model"))
+    model_dir = train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "next" / "metrics.jsonl").read_text().splitlines()]
+    steps = [x["step"] for x in lines if "loss" in x]
+    assert steps == [50, 100, 120, 150, 180]  # the first run's lines, then the continuation's
+    assert [x["step"] for x in lines if "val_loss" in x] == [60, 120, 180]
+    logged = {x["step"]: x["lr"] for x in lines if "lr" in x}
+    assert logged[150] == pytest.approx(lr_at(150, cfg))  # the schedule continues (a restart would be lr_at(30))
+    assert lr_at(121, cfg, rewarm_from=120) < lr_at(121, cfg) / 5
+    meta = json.loads((model_dir / "config.json").read_text())["meta"]
+    assert meta["trained_steps"] == 180 and meta["training"]["state"]["step"] == 180
+
+    other = toy_config(toy_files, tmp_path / "other", max_steps=60, eval_every=60, seed=8, init_from=str(first / "model"))
+    train(other)
+    lines = [json.loads(x) for x in (tmp_path / "other" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [50, 60]  # other seed: another run, a new schedule

@@ -67,10 +67,36 @@ def setup_distributed(device: str = "auto") -> Dist:
     return Dist(rank, world, dev)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr, then decay with the inverse square root of the step (the paper's schedule, rescaled)."""
+def lr_at(step: int, cfg: TrainConfig, rewarm_from: int | None = None) -> float:
+    """Linear warmup to cfg.lr, then decay with the inverse square root of the step (the paper's schedule, rescaled).
+    A run continued from an exported model (`rewarm_from`: the step it continued at) starts with fresh Adam
+    moments, whose first updates are full-size whatever the gradient; the rate is ramped up again over a
+    quarter of the warmup so those steps do not undo the weights."""
     step = max(step, 1)
-    return cfg.lr * min(step / cfg.warmup_steps, math.sqrt(cfg.warmup_steps / step))
+    rate = cfg.lr * min(step / cfg.warmup_steps, math.sqrt(cfg.warmup_steps / step))
+    if rewarm_from is not None:
+        rate *= min(1.0, (step - rewarm_from) / max(1, cfg.warmup_steps // 4))
+    return rate
+
+
+# What must match for a run to continue another's schedule and data order: the same model, data (corpora named
+# by folder and file, so a moved corpus directory still matches), filters, batching and seed.
+RUN_IDENTITY = ("model", "direction", "train", "clean", "max_len", "limit_pairs", "vocab_size", "max_tokens", "seed")
+
+
+def _identity_value(cfg: TrainConfig, name: str):
+    if name == "train":
+        return [(f"{Path(s.path).parent.name}/{Path(s.path).name}", s.weight) for s in map(CorpusSpec.parse, cfg.train)]
+    return getattr(cfg, name)
+
+
+def run_difference(saved: TrainConfig, cfg: TrainConfig, names=RUN_IDENTITY) -> str | None:
+    """The first setting in `names` that differs between two runs (None: they are the same run)."""
+    return next((n for n in names if _identity_value(saved, n) != _identity_value(cfg, n)), None)
+
+
+STATE_COUNTERS = ("step", "epoch", "batch", "best_val", "bad_evals", "tokens", "elapsed")
+TRAINING_LOG = "training-log.jsonl"  # an exported model's metrics (curves), carried into a run continued from it
 
 
 def keep_start_embedding_zero(model: Transformer) -> None:
@@ -271,6 +297,26 @@ def validation_loss(model: Transformer, data: EncodedPairs, cfg: TrainConfig, de
     return nll_sum / max(n_tok, 1)
 
 
+def continued_state(model_dir: Path, cfg: TrainConfig) -> tuple[dict | None, str]:
+    """The training counters to continue from when a run warm-starts from a model this pipeline exported
+    (a new machine picks up where the last one stopped: same step, learning-rate schedule and data order).
+    Returns (None, why) when the model was not exported by `train` or by a run with other settings."""
+    from .checkpoint import read_config_file
+
+    _, meta, _ = read_config_file(model_dir)
+    training = meta.get("training") if isinstance(meta, dict) else None
+    if not isinstance(training, dict) or not isinstance(training.get("state"), dict):
+        return None, "the model records no training state"
+    try:
+        saved = TrainConfig.from_dict(training["config"])
+    except (ConfigError, KeyError, TypeError) as e:
+        return None, f"its training settings are unreadable ({e})"
+    name = run_difference(saved, cfg)
+    if name:
+        return None, f"it was trained with a different {name.replace('_', '-')}"
+    return {k: training["state"][k] for k in STATE_COUNTERS if k in training["state"]}, ""
+
+
 def export_run(out_dir: str | Path, console: Console | None = None) -> Path:
     """Average the newest checkpoints of a run (finished or not) into DIR/model."""
     console = console or Console(stderr=True)
@@ -300,10 +346,10 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     if d.main:
         if resume and cfg_file.exists():
             saved = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
-            for name in ("model", "direction", "train", "clean", "max_len", "limit_pairs", "tokenizer", "vocab_size"):
-                if getattr(saved, name) != getattr(cfg, name):
-                    raise ConfigError(f"{cfg_file}: --resume with a different {name} than the saved run "
-                                      f"({getattr(saved, name)!r} there, {getattr(cfg, name)!r} now)")
+            name = run_difference(saved, cfg, ("model", "direction", "train", "clean", "max_len", "limit_pairs", "tokenizer", "vocab_size"))
+            if name:
+                raise ConfigError(f"{cfg_file}: --resume with a different {name} than the saved run "
+                                  f"({getattr(saved, name)!r} there, {getattr(cfg, name)!r} now)")
         write_text(cfg_file, json.dumps(cfg.to_dict(), indent=2))
 
     torch.manual_seed(cfg.seed)
@@ -328,11 +374,20 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
         if init.config != mcfg:
             raise ConfigError(f"--init-from {cfg.init_from}: its architecture differs from this run's")
         model.load_state_dict(init.state_dict())
-        if d.main:
-            console.print(f"warm start from {cfg.init_from}")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-9, weight_decay=cfg.weight_decay)
 
-    state = {"step": 0, "epoch": 0, "batch": 0, "best_val": None, "bad_evals": 0, "tokens": 0, "elapsed": 0.0}
+    state = {"step": 0, "epoch": 0, "batch": 0, "best_val": None, "bad_evals": 0, "tokens": 0, "elapsed": 0.0, "rewarm_from": None}
+    if cfg.init_from and not resume:
+        carried, why = continued_state(Path(cfg.init_from), cfg)
+        if carried:
+            state.update(carried, rewarm_from=carried["step"])
+            log_file = Path(cfg.init_from) / TRAINING_LOG
+            if d.main and log_file.exists() and not (out_dir / "metrics.jsonl").exists():
+                shutil.copyfile(log_file, out_dir / "metrics.jsonl")
+        if d.main:
+            console.print(f"warm start from {cfg.init_from}: " + (
+                f"continuing its run at step {state['step']} (epoch {state['epoch']}, batch {state['batch']}); "
+                "fresh optimizer moments" if carried else f"a new schedule from step 0 ({why})"))
     if resume:
         loaded = latest_good_checkpoint(out_dir, model, opt, console)
         if loaded is not None:
@@ -385,7 +440,7 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
             while state["batch"] < len(mine):
                 idx = mine[state["batch"]]
                 src, tin, tout = (t.to(d.device) for t in collate(data, idx, mcfg.pad_id, mcfg.decoder_start_id))
-                lr = lr_at(state["step"] + 1, cfg)
+                lr = lr_at(state["step"] + 1, cfg, state["rewarm_from"])
                 for g in opt.param_groups:
                     g["lr"] = lr
                 with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
@@ -494,7 +549,11 @@ def export_average(out_dir: Path, model: Transformer, tok: Tokenizer, cfg: Train
         keep_start_embedding_zero(model)
     meta = {"name": cfg.direction, "source_lang": cfg.source_lang, "target_lang": cfg.target_lang,
             "trained_steps": state["step"], "averaged_checkpoints": [p.name for p in paths],
-            "parameters": n_params, "training_seconds": round(state.get("elapsed", 0.0), 1)}
+            "parameters": n_params, "training_seconds": round(state.get("elapsed", 0.0), 1),
+            "training": {"config": cfg.to_dict(), "state": {k: state.get(k) for k in STATE_COUNTERS}}}
     dest = save_model_dir(out_dir / "model", model, tok, card=f"# {cfg.direction} (run {out_dir})\n", meta=meta)
+    metrics = out_dir / "metrics.jsonl"
+    if metrics.exists():
+        write_text(dest / TRAINING_LOG, metrics.read_text(encoding="utf-8"))
     console.print(f"wrote {dest} (average of {len(paths)} checkpoints)")
     return dest
