@@ -67,6 +67,8 @@ def test_loss_falls_and_the_toy_language_is_learnt(toy_run):
     losses = [x["loss"] for x in lines if "loss" in x]
     assert losses[-1] < losses[0] / 4
     assert any("bleu" in x for x in lines) and any("val_loss" in x for x in lines)
+    last_eval = [x for x in lines if "valid" in x][-1]["valid"]
+    assert 0.5 < next(iter(last_eval.values()))["distinct"] <= 1  # it reads its source: outputs differ
     loaded = load_model_dir(model_dir)
     test = toy_pairs(30, 99)
     hyps = translate_texts(loaded.model, loaded.tokenizer, [s for s, _ in test])

@@ -521,9 +521,13 @@ def _evaluate(model, tok, valid_sets, cfg, state, d, console, log, step) -> bool
     parts = []
     for name, pairs, encoded in valid_sets:
         loss = validation_loss(model, encoded, cfg, d.device)
-        scores, _ = evaluate_pairs(model, tok, pairs[: cfg.eval_sentences], DecodeConfig(strategy="greedy"), batch_size=64)
-        entry["valid"][name] = {"loss": round(loss, 4), "bleu": round(scores.bleu, 2), "chrf": round(scores.chrf, 2)}
-        parts.append(f"{name} loss {loss:.3f} BLEU {scores.bleu:.1f} chrF {scores.chrf:.1f}")
+        scores, hyps = evaluate_pairs(model, tok, pairs[: cfg.eval_sentences], DecodeConfig(strategy="greedy"), batch_size=64)
+        # A decoder that ignores its source (a collapsed encoder: every position the same vector) writes the
+        # same few sentences whatever the input while its loss still falls; the share of distinct outputs shows it.
+        distinct = len(set(hyps)) / max(len(hyps), 1)
+        entry["valid"][name] = {"loss": round(loss, 4), "bleu": round(scores.bleu, 2), "chrf": round(scores.chrf, 2),
+                                "distinct": round(distinct, 3)}
+        parts.append(f"{name} loss {loss:.3f} BLEU {scores.bleu:.1f} chrF {scores.chrf:.1f} distinct {distinct:.0%}")
     model.train()
     val = sum(v["loss"] for v in entry["valid"].values()) / len(valid_sets)
     first = next(iter(entry["valid"].values()))
