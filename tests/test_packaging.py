@@ -35,3 +35,4 @@ def test_wheel_carries_the_models(tmp_path):
     for d in ("fr-en", "en-fr"):
         for f in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
             assert f"tui_translate/_models/{d}/{f}" in names
+    assert not [n for n in names if "/_models/wip/" in n]  # unfinished runs' warm starts stay in the repository
