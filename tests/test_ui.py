@@ -17,7 +17,7 @@ from tests.fakes import FakeTranslator, fake_loader
 from tui_translate.config import DecodeConfig
 from tui_translate.ui.app import TranslateApp
 from tui_translate.ui.store import Store
-from tui_translate.ui.widgets.exchange import TokenStrip
+from tui_translate.ui.widgets.exchange import TokenStrip, model_confidence
 from tui_translate.ui.widgets.inspector import AttentionGrid, MatrixView, cell_weights
 
 FR = Path("/models/fr-en")
@@ -847,6 +847,90 @@ async def test_tab_visits_the_stops_the_help_lists_and_grid_cells_show_whole_pie
         grid = app.query_one("#grid", AttentionGrid)
         cells = [t.strip() for t, fg, bg in rendered_segments(grid)]
         assert cells.count("étudiant") >= 8 and "étud" not in cells
+
+
+def widget_lines(widget) -> list[str]:
+    """The text the widget paints, line by line."""
+    from textual.geometry import Region
+
+    return ["".join(seg.text for seg in strip).rstrip()
+            for strip in widget.render_lines(Region(0, 0, widget.size.width, widget.size.height))]
+
+
+def screen_lines(app) -> list[str]:
+    """The whole screen as text, read from the app's own SVG screenshot (App.export_screenshot): one string
+    per terminal row."""
+    import html
+    import re
+
+    rows: dict[int, dict[int, str]] = {}
+    pattern = r'<text class="[^"]*" x="([\d.]+)" y="[\d.]+" textLength="[\d.]+" clip-path="url\(#[^)]*?line-(\d+)\)">([^<]*)</text>'
+    for m in re.finditer(pattern, app.export_screenshot()):
+        column = round(float(m.group(1)) / 12.2)  # Rich's SVG export: 12.2 px per cell
+        row = rows.setdefault(int(m.group(2)), {})
+        for i, ch in enumerate(html.unescape(m.group(3)).replace("\xa0", " ")):
+            row[column + i] = ch
+    return ["".join(rows.get(y, {}).get(x, " ") for x in range(app.size.width)).rstrip() for y in range(app.size.height)]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_the_meta_line_wraps_only_between_labels(tmp_path, size):
+    """Feature 16: the line under a translation broke inside its labels ("42" at the end of one line, "ms"
+    on the next; "score" / "-0.260"; the restored hint anywhere). Labels are whole on every line."""
+    store = Store(tmp_path / "data")
+    store.save_transcript([{"source": "il fait beau", "translation": "it is nice", "strategy": "greedy", "model": "fr-en"}])
+    app = TranslateApp(fake_loader(confidence=0.3), FR, [FR, EN], store=Store(tmp_path / "data"), export_dir=tmp_path,
+                       decode_config=DecodeConfig(strategy="beam", top_beams=3))
+    async with app.run_test(size=size) as pilot:
+        await submit(pilot, app, "je suis étudiant. le chat dort.")
+        await wait_for(pilot, lambda: all(e.status == "done" for e in app.exchanges[1:]))
+        await pilot.pause()
+        wrapped = 0
+        for ex in app.exchanges:
+            expected = [ex.model, *ex.label.split(" · ")]
+            if ex.translation is None:
+                expected += ["from an earlier session", "click it to translate again and inspect"]
+            else:
+                best = ex.translation.best
+                expected = [f"⚠ low confidence ({model_confidence(best):.2f})", *expected,
+                            f"{ex.translation.elapsed_s * 1000:.0f} ms", f"score {best.score:.3f}", "3-best"]
+            lines = [line.strip() for line in widget_lines(app.query_one(f"#ex-{ex.id} .meta"))]
+            assert [label for line in lines for label in line.split(" · ")] == expected, lines
+            assert " · ".join(lines) == " · ".join(expected)  # nothing lost or added between the lines
+            wrapped += len(lines) > 1
+        assert wrapped >= 2  # the labels are too long for one line at this width: the test wraps them
+
+
+@pytest.mark.parametrize("size", [(80, 24), (90, 24), (120, 40)])
+async def test_the_footer_shows_every_key_that_matters_without_scrolling(tmp_path, size):
+    """Feature 16: at 80 columns the footer scrolled, F9, copy and the exports were off screen."""
+    from textual.widgets import Footer
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=size) as pilot:
+        await submit(pilot, app, "je suis étudiant")
+        for focus in ("prompt", "translation", "grid"):
+            if focus == "translation":
+                await pilot.press("escape")
+            elif focus == "grid":
+                app.query_one("#grid").focus()
+            await wait_for(pilot, lambda: "f1 help" in screen_lines(app)[-1])  # the footer recomposes on a new focus
+            footer = app.query_one(Footer)
+            assert footer.max_scroll_x == 0
+            row = screen_lines(app)[-1]
+            for key in ("f1 help", "f2 strategy", "f3 model", "f4 f8 f9 view", "f7 confidence", "^y copy", "^s ^o export"):
+                assert key in row, (focus, row)
+            assert ("^p palette" in row) == (size[0] >= 90), row
+
+
+def test_the_help_lists_every_key():
+    """The keys left out of the footer (F5, F6, ctrl+z, the palette) are in the help, with all the others."""
+    from tui_translate.ui.screens.help import HELP
+
+    keys = {b.key for b in TranslateApp.BINDINGS} | {"ctrl+p", "ctrl+q"}
+    for key in keys:
+        shown = {"escape": "Esc"}.get(key, key.upper() if key.startswith("f") else key)
+        assert f"| {shown} |" in HELP, key
 
 
 # -- the model switcher and Hugging Face Hub models (issue 17 items 3 and 4) ----------------------------------
