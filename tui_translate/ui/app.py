@@ -24,6 +24,7 @@ from textual.worker import get_current_worker
 
 from .. import hub, langid
 from ..config import DecodeConfig
+from ..errors import TranslateError
 from ..protocols import TranslatorLike
 from .actions import NO_MODEL_HINT, AppActions
 from .commands import HubModelCommands, app_commands
@@ -179,7 +180,7 @@ class TranslateApp(AppActions, App):
             return
         try:
             entries = list(self.catalog())
-        except (OSError, ValueError) as e:  # an unreadable cache directory: the models already known stay
+        except (OSError, TranslateError) as e:  # an unreadable cache directory: the models already known stay
             self.notify(f"Could not list the models: {e}", severity="warning", timeout=6)
             return
         known = {model_key(p): p for p in self.models}
@@ -313,7 +314,7 @@ class TranslateApp(AppActions, App):
         if self.translator is not None and prefix is None:
             try:
                 segments = self.translator.segments(text)
-            except ValueError as e:
+            except TranslateError as e:  # the input is over the limit
                 self.notify(str(e), severity="error", timeout=8)
                 return []
         self.transcript.flush()  # the previous request's finished sentences are shown before it is superseded
