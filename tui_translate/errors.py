@@ -13,6 +13,11 @@ class TranslateError(Exception):
     a plain ValueError included, is a bug and keeps its traceback."""
 
 
+class DecodingError(TranslateError, ValueError):
+    """Decoding cannot give a meaningful answer: the model produced non-finite log-probabilities or
+    activations (NaN or infinite weights, a NaN layer_norm_eps, an overflow at run time)."""
+
+
 def is_user_error(e: BaseException) -> bool:
     if isinstance(e, (TranslateError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         return True
