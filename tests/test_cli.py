@@ -143,3 +143,45 @@ def test_loading_a_translator_takes_startup_objects_out_of_the_collectors_view(m
         assert gc.get_freeze_count() > 10_000  # torch alone is tens of thousands of objects
     finally:
         gc.unfreeze()
+
+
+def test_a_bug_keeps_its_traceback_while_user_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    """Every ValueError used to be printed as a user error (one line, exit 2), so a bug raising one lost its
+    traceback. Only TranslateError (and the OS errors of paths the user gave) are the user's problem now."""
+    import tui_translate.oneshot as oneshot
+    from tui_translate.cli import main
+
+    def bug(args):
+        raise ValueError("an internal invariant broke")
+
+    with monkeypatch.context() as m:
+        m.setattr(oneshot, "run_translate", bug)
+        with pytest.raises(ValueError, match="invariant"):
+            main(["translate", "bonjour"])
+    capsys.readouterr()
+
+    not_utf8 = tmp_path / "latin1.tsv"
+    not_utf8.write_bytes("Ça va ?\tHow are you?\n".encode("latin-1"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train.json").write_text("{not json", encoding="utf-8")
+    for argv in (["eval", str(not_utf8)], ["train", "--export", "--out", str(run_dir)],
+                 ["translate", "--model", str(tmp_path / "missing"), "x"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("tui-translate: error: "), (argv, err)
+
+
+@pytest.mark.parametrize("error", ["ConfigError", "ModelLoadError", "DataError", "CorpusError", "RunError", "HubError",
+                                   "InputTooLong", "DecodingError", "OutputExistsError", "NonFiniteResult"])
+def test_every_user_error_derives_from_translate_error(error):
+    import importlib
+
+    from tui_translate.errors import TranslateError, is_user_error
+
+    homes = {"ConfigError": "config", "ModelLoadError": "checkpoint", "DataError": "data", "CorpusError": "corpus",
+             "RunError": "train", "HubError": "hub", "InputTooLong": "results", "DecodingError": "search",
+             "OutputExistsError": "atomic", "NonFiniteResult": "oneshot"}
+    cls = getattr(importlib.import_module(f"tui_translate.{homes[error]}"), error)
+    assert issubclass(cls, TranslateError) and is_user_error(cls("x"))
+    assert not is_user_error(ValueError("x")) and not is_user_error(KeyError("x"))

@@ -16,9 +16,9 @@ from tui_translate.ui.store import Store
 SIZES = [(80, 24), (120, 40)]
 
 
-def make_app() -> TranslateApp:
+def make_app(**kw) -> TranslateApp:
     return TranslateApp(fake_loader(), Path("/models/fr-en"), [Path("/models/fr-en"), Path("/models/en-fr")],
-                        store=Store(None), export_dir=Path("/nonexistent"))
+                        store=Store(None), export_dir=Path("/nonexistent"), **kw)
 
 
 async def settle(pilot) -> None:
@@ -50,6 +50,21 @@ def test_empty(snap_compare, size):
 @pytest.mark.parametrize("size", SIZES)
 def test_translated_with_grid(snap_compare, size):
     assert snap_compare(make_app(), terminal_size=size, run_before=translated)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_nbest_with_long_meta_lines(snap_compare, size):
+    """Two sentences decoded with beam search, 3-best: the meta lines wrap between whole labels."""
+    from tui_translate.config import DecodeConfig
+
+    async def run(pilot):
+        await settle(pilot)
+        pilot.app.query_one("#prompt").value = "je suis étudiant. le chat dort."
+        await pilot.press("enter")
+        await settle(pilot)
+
+    app = make_app(decode_config=DecodeConfig(strategy="beam", top_beams=3))
+    assert snap_compare(app, terminal_size=size, run_before=run)
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,33 @@ from tests.fakes import FakeTranslator, fake_loader
 from tui_translate.config import DecodeConfig
 from tui_translate.ui.app import TranslateApp
 from tui_translate.ui.store import Store
-from tui_translate.ui.widgets.exchange import TokenStrip
+from tui_translate.ui.widgets.exchange import TokenStrip, model_confidence
 from tui_translate.ui.widgets.inspector import AttentionGrid, MatrixView, cell_weights
 
 FR = Path("/models/fr-en")
 EN = Path("/models/en-fr")
+
+
+@dataclass
+class Notice:
+    message: str
+    severity: str
+
+
+@pytest.fixture(autouse=True)
+def record_notifications(monkeypatch):
+    """Every notification an app shows is recorded as it passes through the app's own `notify`."""
+    original = TranslateApp.notify
+
+    def notify(self, message: str, **kw) -> None:
+        self.__dict__.setdefault("recorded_notices", []).append(Notice(message, kw.get("severity", "information")))
+        original(self, message, **kw)
+
+    monkeypatch.setattr(TranslateApp, "notify", notify)
+
+
+def notices(app: TranslateApp) -> list[Notice]:
+    return app.__dict__.get("recorded_notices", [])
 
 
 def make_app(tmp_path: Path, store: bool = False, **kw) -> TranslateApp:
@@ -253,15 +276,15 @@ async def test_live_mode_translates_while_typing(tmp_path):
 async def test_empty_input_and_load_failure_notify_without_crashing(tmp_path):
     app = TranslateApp(fake_loader(), Path("/models/broken"), [], store=Store(None), export_dir=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: any("Could not load" in n.message for n in app._notifications))
+        await wait_for(pilot, lambda: any("Could not load" in n.message for n in notices(app)))
         app.query_one("#prompt").value = "   "
         await pilot.press("enter")
         assert app.exchanges == []
-        assert any("empty" in n.message for n in app._notifications)
+        assert any("empty" in n.message for n in notices(app))
         app.query_one("#prompt").value = "bonjour"
         await pilot.press("enter")  # no model and none loading: said at once, nothing queued forever
         assert app.exchanges == [] and app.query_one("#prompt").value == "bonjour"
-        assert any("No model is loaded" in n.message and "F3" in n.message for n in app._notifications)
+        assert any("No model is loaded" in n.message and "F3" in n.message for n in notices(app))
 
 
 async def test_real_tiny_model_end_to_end(tmp_path, model_dir):
@@ -309,7 +332,7 @@ async def test_long_input_becomes_one_inspectable_exchange_per_sentence(tmp_path
                                    app.exchanges[1].translation.best.attention.cross[:, :, 1, :])
         app.query_one("#prompt").value = "x" * 6000
         await pilot.press("enter")
-        assert len(app.exchanges) == 3 and any("limit" in n.message for n in app._notifications)
+        assert len(app.exchanges) == 3 and any("limit" in n.message for n in notices(app))
 
 
 async def test_inspector_stays_on_first_sentence_and_gc_is_kept_short(tmp_path, monkeypatch):
@@ -363,7 +386,7 @@ async def test_finished_sentences_of_a_long_paste_are_shown_together(tmp_path, m
         await pilot.pause()
         ids = [e.id for e in app.exchanges]
         # the first sentence at once, the three middle ones held back, then everything with the last
-        assert batches == [ids[:1], ids[1:]] and transcript.pending == [] and transcript._timer is None
+        assert batches == [ids[:1], ids[1:]] and transcript.pending == [] and not transcript.flush_scheduled
         for ex in app.exchanges:  # every view shows its tokens, none is left "translating…"
             view = app.query_one(f"#ex-{ex.id}")
             assert [s.hypothesis.text for s in view.query(TokenStrip)] == [ex.text]
@@ -401,18 +424,15 @@ async def test_transcript_keeps_at_most_the_visible_limit_on_screen(tmp_path, mo
         assert len(list(app.query(ExchangeView))) == 4 and len(app.exchanges) == 10 + 1 + 2 + 5
 
 
-async def test_typing_in_the_prompt_scrolls_it_without_laying_out_the_screen(tmp_path, monkeypatch):
+async def test_typing_in_the_prompt_scrolls_it_without_laying_out_the_screen(tmp_path):
     """Textual's input changes its virtual size at every key; in the prompt that only repaints (a layout of the
     screen per key cost 25-30 ms with a full transcript), and long text still scrolls to the cursor."""
-    from textual.screen import Screen
-
     app = make_app(tmp_path)
     async with app.run_test(size=(60, 32)) as pilot:
         await submit(pilot, app, "le chat dort")
         await pilot.pause()
         layouts = []
-        original = Screen._refresh_layout
-        monkeypatch.setattr(Screen, "_refresh_layout", lambda self, *a, **k: (layouts.append(1), original(self, *a, **k))[1])
+        app.screen.screen_layout_refresh_signal.subscribe(app.screen, lambda screen: layouts.append(1), immediate=True)
         prompt = app.query_one("#prompt")
         prompt.focus()
         await pilot.press(*("abcdefghij" * 9))
@@ -596,7 +616,7 @@ async def test_a_restored_exchange_is_translated_again_by_the_model_that_made_it
         await wait_for(pilot, lambda: len(app.exchanges) == 2 and app.exchanges[-1].status == "done")
         assert app.translator.name == "en-fr" and app.exchanges[-1].model == "en-fr"
         assert app.exchanges[-1].text == "le chat dort"
-        assert any("en-fr" in n.message for n in app._notifications)
+        assert any("en-fr" in n.message for n in notices(app))
 
 
 async def test_rerun_shows_the_earlier_result_beneath_the_new_one(tmp_path):
@@ -645,7 +665,7 @@ async def test_strings_from_users_and_files_are_never_parsed_as_markup(tmp_path)
     app = TranslateApp(fake_loader(), Path("/models/no[/]broken"), [Path("/models/no[/]broken"), Path("/models/[b]fr-en")],
                        store=store, export_dir=tmp_path)
     async with app.run_test(size=(100, 32)) as pilot:
-        await wait_for(pilot, lambda: any("Could not load" in n.message for n in app._notifications))
+        await wait_for(pilot, lambda: any("Could not load" in n.message for n in notices(app)))
         await pilot.pause()
         assert "[/]" in str(app.query_one(".exchange .meta").render())
         await pilot.press("f3")
@@ -690,7 +710,7 @@ async def test_the_app_keeps_working_when_the_data_dir_cannot_be_written(tmp_pat
         await pilot.press("up")
         assert app.query_one("#prompt").value == "je suis étudiant"
         assert [e.text for e in app.exchanges] == ["the cat sleeps", "i am a student"]
-        warnings = [n.message for n in app._notifications if "not being saved" in n.message]
+        warnings = [n.message for n in notices(app) if "not being saved" in n.message]
         assert len(warnings) == 1
 
 
@@ -755,7 +775,7 @@ async def test_typed_language_picks_the_direction_and_an_unhandled_language_is_r
         await wait_for(pilot, lambda: app.translator is not None and langid.is_warm(), timeout=60)
         await submit(pilot, app, "the cat sleeps")
         assert app.translator.name == "en-fr" and app.exchanges[-1].text == "le chat dort"
-        assert any("English" in n.message and "ctrl+z" in n.message for n in app._notifications)
+        assert any("English" in n.message and "ctrl+z" in n.message for n in notices(app))
         await pilot.press("ctrl+z")
         await wait_for(pilot, lambda: app.translator is not None and app.translator.name == "fr-en"
                        and app.exchanges[-1].status == "done" and app.exchanges[-1].model == "fr-en")
@@ -767,7 +787,7 @@ async def test_typed_language_picks_the_direction_and_an_unhandled_language_is_r
         prompt.value = "Ich habe heute keine Zeit für dich."
         await pilot.press("enter")
         assert len(app.exchanges) == n and prompt.value.startswith("Ich")
-        assert any("German" in m.message and "no model" in m.message for m in app._notifications)
+        assert any("German" in m.message and "no model" in m.message for m in notices(app))
         await pilot.press("enter")  # again: translated anyway
         await wait_for(pilot, lambda: len(app.exchanges) == n + 1 and app.exchanges[-1].status == "done")
 
@@ -849,6 +869,90 @@ async def test_tab_visits_the_stops_the_help_lists_and_grid_cells_show_whole_pie
         assert cells.count("étudiant") >= 8 and "étud" not in cells
 
 
+def widget_lines(widget) -> list[str]:
+    """The text the widget paints, line by line."""
+    from textual.geometry import Region
+
+    return ["".join(seg.text for seg in strip).rstrip()
+            for strip in widget.render_lines(Region(0, 0, widget.size.width, widget.size.height))]
+
+
+def screen_lines(app) -> list[str]:
+    """The whole screen as text, read from the app's own SVG screenshot (App.export_screenshot): one string
+    per terminal row."""
+    import html
+    import re
+
+    rows: dict[int, dict[int, str]] = {}
+    pattern = r'<text class="[^"]*" x="([\d.]+)" y="[\d.]+" textLength="[\d.]+" clip-path="url\(#[^)]*?line-(\d+)\)">([^<]*)</text>'
+    for m in re.finditer(pattern, app.export_screenshot()):
+        column = round(float(m.group(1)) / 12.2)  # Rich's SVG export: 12.2 px per cell
+        row = rows.setdefault(int(m.group(2)), {})
+        for i, ch in enumerate(html.unescape(m.group(3)).replace("\xa0", " ")):
+            row[column + i] = ch
+    return ["".join(rows.get(y, {}).get(x, " ") for x in range(app.size.width)).rstrip() for y in range(app.size.height)]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_the_meta_line_wraps_only_between_labels(tmp_path, size):
+    """Feature 16: the line under a translation broke inside its labels ("42" at the end of one line, "ms"
+    on the next; "score" / "-0.260"; the restored hint anywhere). Labels are whole on every line."""
+    store = Store(tmp_path / "data")
+    store.save_transcript([{"source": "il fait beau", "translation": "it is nice", "strategy": "greedy", "model": "fr-en"}])
+    app = TranslateApp(fake_loader(confidence=0.3), FR, [FR, EN], store=Store(tmp_path / "data"), export_dir=tmp_path,
+                       decode_config=DecodeConfig(strategy="beam", top_beams=3))
+    async with app.run_test(size=size) as pilot:
+        await submit(pilot, app, "je suis étudiant. le chat dort.")
+        await wait_for(pilot, lambda: all(e.status == "done" for e in app.exchanges[1:]))
+        await pilot.pause()
+        wrapped = 0
+        for ex in app.exchanges:
+            expected = [ex.model, *ex.label.split(" · ")]
+            if ex.translation is None:
+                expected += ["from an earlier session", "click it to translate again and inspect"]
+            else:
+                best = ex.translation.best
+                expected = [f"⚠ low confidence ({model_confidence(best):.2f})", *expected,
+                            f"{ex.translation.elapsed_s * 1000:.0f} ms", f"score {best.score:.3f}", "3-best"]
+            lines = [line.strip() for line in widget_lines(app.query_one(f"#ex-{ex.id} .meta"))]
+            assert [label for line in lines for label in line.split(" · ")] == expected, lines
+            assert " · ".join(lines) == " · ".join(expected)  # nothing lost or added between the lines
+            wrapped += len(lines) > 1
+        assert wrapped >= 2  # the labels are too long for one line at this width: the test wraps them
+
+
+@pytest.mark.parametrize("size", [(80, 24), (90, 24), (120, 40)])
+async def test_the_footer_shows_every_key_that_matters_without_scrolling(tmp_path, size):
+    """Feature 16: at 80 columns the footer scrolled, F9, copy and the exports were off screen."""
+    from textual.widgets import Footer
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=size) as pilot:
+        await submit(pilot, app, "je suis étudiant")
+        for focus in ("prompt", "translation", "grid"):
+            if focus == "translation":
+                await pilot.press("escape")
+            elif focus == "grid":
+                app.query_one("#grid").focus()
+            await wait_for(pilot, lambda: "f1 help" in screen_lines(app)[-1])  # the footer recomposes on a new focus
+            footer = app.query_one(Footer)
+            assert footer.max_scroll_x == 0
+            row = screen_lines(app)[-1]
+            for key in ("f1 help", "f2 strategy", "f3 model", "f4 f8 f9 view", "f7 confidence", "^y copy", "^s ^o export"):
+                assert key in row, (focus, row)
+            assert ("^p palette" in row) == (size[0] >= 90), row
+
+
+def test_the_help_lists_every_key():
+    """The keys left out of the footer (F5, F6, ctrl+z, the palette) are in the help, with all the others."""
+    from tui_translate.ui.screens.help import HELP
+
+    keys = {b.key for b in TranslateApp.BINDINGS} | {"ctrl+p", "ctrl+q"}
+    for key in keys:
+        shown = {"escape": "Esc"}.get(key, key.upper() if key.startswith("f") else key)
+        assert f"| {shown} |" in HELP, key
+
+
 # -- the model switcher and Hugging Face Hub models (issue 17 items 3 and 4) ----------------------------------
 DE_HUB, ES_HUB, RU_HUB = "Helsinki-NLP/opus-mt-de-en", "Helsinki-NLP/opus-mt-es-en", "Helsinki-NLP/opus-mt-ru-en"
 
@@ -927,7 +1031,7 @@ async def test_a_hub_id_typed_into_the_palette_opens_and_an_uncached_one_offline
         missing = "Helsinki-NLP/opus-mt-fi-en"
         await palette_open(pilot, app, missing)
         await pilot.pause()
-        errors = [n.message for n in app._notifications if n.severity == "error"]
+        errors = [n.message for n in notices(app) if n.severity == "error"]
         assert errors == [f"{missing} is not in the Hugging Face cache ({tmp_path / 'hf-cache'}) and HF_HUB_OFFLINE is set (nor is "
                           f"it a local directory); run `tui-translate models pull {missing}` while online"]
         assert app.translator is not None and app.translator.name == "fr-en" and not app.loading  # the model in use stays
@@ -946,12 +1050,12 @@ async def test_language_detection_uses_the_models_own_language_pairs(tmp_path, m
         await wait_for(pilot, lambda: app.translator is not None and langid.is_warm(), timeout=60)
         await submit(pilot, app, russian)
         assert app.translator.name == RU_HUB and app.translator.source_lang == "rus" and app.exchanges[-1].model == RU_HUB
-        assert [n.message for n in app._notifications if "looks like" in n.message] == [
+        assert [n.message for n in notices(app) if "looks like" in n.message] == [
             f"This looks like Russian: switched to {RU_HUB}. ctrl+z goes back to fr-en."]
         await submit(pilot, app, russian)  # Russian typed on the Russian model: neither refused nor switched
-        assert app.translator.name == RU_HUB and len([n for n in app._notifications if "looks like" in n.message]) == 1
+        assert app.translator.name == RU_HUB and len([n for n in notices(app) if "looks like" in n.message]) == 1
         n = len(app.exchanges)
         app.query_one("#prompt").value = "Ich habe heute keine Zeit für dich."
         await pilot.press("enter")
         assert len(app.exchanges) == n
-        assert any("German" in m.message and "no model" in m.message and RU_HUB in m.message for m in app._notifications)
+        assert any("German" in m.message and "no model" in m.message and RU_HUB in m.message for m in notices(app))

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from .atomic import write_text
 from .config import DecodeConfig
+from .flags import INT8_DEFAULT
 from .linear import set_int8
 from .search import SearchStep, pad_batch, search
 from .translator import Translator, freeze_startup_objects
@@ -313,7 +314,7 @@ def app_latency(model_path: Path, text: str) -> dict:
     threads = torch.get_num_threads()
 
     def loader(path: Path) -> Translator:
-        return load_translator(path, threads=interactive_threads())
+        return load_translator(path, threads=interactive_threads(), int8=INT8_DEFAULT)  # the app's own engine
 
     async def measure() -> dict:
         start = time.perf_counter()
@@ -466,10 +467,11 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
     train = training_throughput(translator)
     app = app_latency(translator.path, " ".join(texts[:60])) if app_check else None  # 60 sentences decoded in a row
     report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts), "block": block,
+              "default_engine": "ours-int8" if INT8_DEFAULT else "ours-fast",
               "torch": torch.__version__, "rows": rows, "skipped": skipped, "training_tokens_per_s": train, "app": app,
               "profile": profiled}
     table = Table(title=f"tui-translate bench · {translator.name} · {len(texts)} sentences · {torch.get_num_threads()} threads"
-                        f" · blocks of {block}")
+                        f" · blocks of {block} · default engine: ours-{'int8' if INT8_DEFAULT else 'fast'}")
     table.add_column("engine", no_wrap=True, min_width=19)
     table.add_column("strategy", no_wrap=True)
     for col in ("batch", "ms/sent median", "ms/sent p90", "target tok/s", "first token ms", "× ours-fast"):

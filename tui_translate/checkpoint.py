@@ -156,11 +156,6 @@ def write_model_files(directory: Path, model: Transformer, tokenizer: Tokenizer,
 MODEL_DIR_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, TARGET_TOKENIZER_FILE, CARD_FILE)
 
 
-def read_config(path: Path) -> tuple[ModelConfig, dict[str, Any]]:
-    config, meta, _ = read_config_file(path)
-    return config, meta
-
-
 def read_config_file(path: Path) -> tuple[ModelConfig, dict[str, Any], dict[str, str]]:
     """(config, meta, checksums) of a model directory's config.json."""
     file = path / CONFIG_FILE

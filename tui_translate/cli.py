@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .flags import add_decode_args as _add_decode_args
-from .flags import decode_config_from_args
+from .flags import add_engine_args, decode_config_from_args
 from .paths import default_model_dir
 
 SUBCOMMANDS = ("translate", "train", "eval", "bench", "import-marian", "export", "models", "app")
@@ -61,8 +61,7 @@ def _add_model_arg(p: argparse.ArgumentParser, int8: bool = True) -> None:
                    help=f"model directory, a shipped model's name such as en-fr, or a Hugging Face Hub opus-mt repo id "
                    f"owner/name[@revision], downloaded once into the Hub cache (default: {default_model_dir()})")
     if int8:
-        p.add_argument("--int8", action="store_true",
-                       help="decode with int8 weights (per-channel int8: faster, the same BLEU on the default model's valid set)")
+        add_engine_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,10 +347,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(resolve_model(args.model, args.direction))
-    if args.int8:
+    if args.int8:  # the default (flags.INT8_DEFAULT); --fp32 keeps float32
         from .linear import set_int8
 
         set_int8(loaded.model, True)
+    engine = "int8" if args.int8 else "fp32"
     freeze_startup_objects()
     direction = args.direction or f"{loaded.meta.get('source_lang', 'fr')}-{loaded.meta.get('target_lang', 'en')}"
     pairs = read_pairs(args.tsv, direction, args.limit)
@@ -371,11 +371,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     kept, n_numbers = numbers_kept([src for src, _ in pairs], hyps)
     repeats = repetition_rate(hyps)
     if args.json:
-        print(json.dumps({"model": str(loaded.path), "direction": direction, "tsv": args.tsv, **scores.to_dict(),
+        print(json.dumps({"model": str(loaded.path), "direction": direction, "engine": engine, "tsv": args.tsv, **scores.to_dict(),
                           "numbers_kept": round(kept, 4), "number_sentences": n_numbers,
                           "repetition_rate": round(repeats, 4)}, allow_nan=False))
     else:
-        print(f"model      {loaded.path}  ({direction}, {decode_config_from_args(args).describe()})")
+        print(f"model      {loaded.path}  ({direction}, {decode_config_from_args(args).describe()}, {engine} weights)")
         print(f"sentences  {scores.sentences}  in {scores.seconds:.1f}s  ({scores.sentences_per_second:.1f} sentences/s, {torch.get_num_threads()} threads)")
         print(f"BLEU       {scores.bleu:.2f}   {scores.bleu_signature}")
         print(f"chrF       {scores.chrf:.2f}   {scores.chrf_signature}")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_text
+from .errors import TranslateError
 
 MAX_CHAR_RATIO = 2.5
 MIN_WORDS_FOR_LANGID = 3
@@ -39,8 +40,8 @@ FILTERS = ("malformed", "length_ratio", "copy", "language", "duplicate")
 _LOWER_WORD = re.compile(r"\b[a-zà-ÿœæ]{2,}\b")
 
 
-class CorpusError(ValueError):
-    pass
+class CorpusError(TranslateError, ValueError):
+    """A training corpus (or its --train spec) that cannot be used as given."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ def read_tsv(path: str | Path) -> list[list[str]]:
             return [line.rstrip("\n").split("\t") for line in f]
     except OSError as e:
         raise CorpusError(f"{path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path}: not UTF-8 text ({e.reason})") from None
 
 
 def clean_corpora(

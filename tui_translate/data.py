@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .errors import TranslateError
 from .tokenizer import Tokenizer
 
 LANG_COLUMNS = {"fr": 0, "en": 1}
 
 
-class DataError(ValueError):
-    pass
+class DataError(TranslateError, ValueError):
+    """A data file (TSV pairs, sentences) that cannot be used as given."""
 
 
 def read_pairs(path: str | Path, direction: str = "fr-en", limit: int = 0) -> list[tuple[str, str]]:
@@ -25,8 +28,8 @@ def read_pairs(path: str | Path, direction: str = "fr-en", limit: int = 0) -> li
     except (ValueError, KeyError):
         raise DataError(f"direction must be fr-en or en-fr, got {direction!r}") from None
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with _utf8(path) as lines:
+        for n, line in enumerate(lines, 1):
             cols = line.rstrip("\n").split("\t")
             if len(cols) < 2:
                 if line.strip():
@@ -38,17 +41,27 @@ def read_pairs(path: str | Path, direction: str = "fr-en", limit: int = 0) -> li
     return pairs
 
 
+@contextmanager
+def _utf8(path: str | Path) -> Iterator[Iterator[str]]:
+    """The lines of a text file; bytes that are not UTF-8 are the file's problem, said in one line."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            yield f
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start} of a block)") from None
+
+
 def read_sources(path: str | Path, direction: str = "fr-en", limit: int = 0) -> list[str]:
     """Sentences to translate from a French<TAB>English file (the source column of `direction`) or from a
     plain text file, one sentence per line in the source language (a file whose first non-empty line has no
     tab). Empty lines are skipped."""
-    with open(path, encoding="utf-8") as f:
-        first = next((line for line in f if line.strip()), "")
+    with _utf8(path) as lines:
+        first = next((line for line in lines if line.strip()), "")
     if "\t" in first:
         return [src for src, _ in read_pairs(path, direction, limit)]
     sources = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with _utf8(path) as lines:
+        for line in lines:
             if line.strip():
                 sources.append(line.strip())
                 if limit and len(sources) >= limit:

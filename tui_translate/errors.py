@@ -7,19 +7,19 @@ import sys
 
 class TranslateError(Exception):
     """Base of every error caused by the user's input, flags, files or model rather than by a bug
-    (ConfigError, ModelLoadError, InputTooLong, DecodingError): the command line prints it as one line
-    and exits non-zero, the app shows it as a notification."""
+    (ConfigError, ModelLoadError, DataError, CorpusError, RunError, HubError, InputTooLong, DecodingError,
+    OutputExistsError, NonFiniteResult): the command line prints it as one line and exits 2, the app shows
+    it as a notification. Code that finds the user's mistake raises one of these; any other exception,
+    a plain ValueError included, is a bug and keeps its traceback."""
+
+
+class DecodingError(TranslateError, ValueError):
+    """Decoding cannot give a meaningful answer: the model produced non-finite log-probabilities or
+    activations (NaN or infinite weights, a NaN layer_norm_eps, an overflow at run time)."""
 
 
 def is_user_error(e: BaseException) -> bool:
-    # HubError, DataError (data.py) and plain ValueError remain until their raises derive from
-    # TranslateError: train.py and oneshot.py still raise ValueError for bad flags and run directories.
-    # hub is looked up, not imported (a HubError exists only once hub was imported; an import here
-    # would close a circle atomic -> errors -> hub -> atomic).
-    hub = sys.modules.get(f"{__package__}.hub")
-    hub_errors = (hub.HubError,) if hub is not None else ()
-    if isinstance(e, (TranslateError, *hub_errors, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
-                      ValueError)):
+    if isinstance(e, (TranslateError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         return True
     # the disk is full, read-only, a path is too long or loops: the user's to fix, in one line
     import errno

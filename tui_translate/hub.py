@@ -3,7 +3,7 @@
 A repo id resolves to a local Marian (opus-mt) directory: a snapshot in huggingface_hub's own
 cache layout (`models--owner--name/{blobs,refs,snapshots}`), so models downloaded by
 transformers are found and ours are found by transformers. Only the files the Marian loader
-reads are ever fetched (`ALLOWED_FILES`, weights as model.safetensors, or pytorch_model.bin,
+reads are ever fetched (`REQUIRED_FILES`, `OPTIONAL_FILES`, weights as model.safetensors, or pytorch_model.bin,
 which the loader reads with `torch.load(weights_only=True)`); no code from a repo is run.
 
 Never a half model: files download one by one into the cache (huggingface_hub writes each
@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import TranslateError
+
 REQUIRED_FILES = ("config.json", "vocab.json", "source.spm", "target.spm")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
 OPTIONAL_FILES = ("tokenizer_config.json",)  # the language pair (source_lang / target_lang)
-ALLOWED_FILES = REQUIRED_FILES + WEIGHT_FILES + OPTIONAL_FILES
 DEFAULT_TIMEOUT = 10.0  # seconds; HF_HUB_ETAG_TIMEOUT overrides it, as it does for huggingface_hub
 
 _REPO_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?")
@@ -42,7 +43,7 @@ _PAIR = re.compile(r"(?:^|[-_])([a-z]{2,3}|[A-Z]{3,})-([a-z]{2,3}|[A-Z]{3,})$")
 Progress = Callable[[int, int, str], None]  # (bytes done, bytes in all, file being fetched)
 
 
-class HubError(Exception):
+class HubError(TranslateError):
     """A Hub model cannot be resolved; the message is one line saying why and what to do."""
 
 

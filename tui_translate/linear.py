@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import DecodingError
+
 _PACKS = "_inference_packs"
 _INT8 = "_int8_inference"
 
@@ -113,7 +115,14 @@ class _Pack:
                 warnings.simplefilter("ignore")  # quantized tensor constructors are marked deprecated
                 qw = torch.quantize_per_channel(w, scales, torch.zeros(w.size(0), dtype=torch.long), 0, torch.qint8)
                 self.int8 = torch.ops.quantized.linear_prepack(qw, self.bias)
-        return torch.ops.quantized.linear_dynamic(flat.contiguous(), self.int8, True)
+        try:
+            return torch.ops.quantized.linear_dynamic(flat.contiguous(), self.int8, True)
+        except RuntimeError:
+            if bool(torch.isfinite(flat).all()):
+                raise
+            # fbgemm cannot quantize NaN or infinite activations; float32 meets the same overflow one step later
+            # as non-finite log-probabilities. Checked only on failure: the hot path pays nothing.
+            raise DecodingError("the model's activations overflowed to NaN or infinity (its weights are unusable)") from None
 
     def _per_channel_scales(self) -> tuple[Tensor, Tensor]:
         """The weight as (ΣD_out, D_in) and its symmetric int8 scale per output channel, (ΣD_out,)."""

@@ -28,7 +28,8 @@ from .checkpoint import (MAX_TOKENIZER_BYTES, MODEL_DIR_FILES, LoadedModel, Mode
                          write_safetensors)
 from .config import ConfigError, ModelConfig
 from .model import Transformer
-from .tokenizer import WORD_START, Tokenizer
+from .results import WORD_START
+from .tokenizer import Tokenizer
 
 ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "silu", "gelu_new": "gelu_new"}
 MARIAN_FILES = ("config.json", "source.spm", "target.spm", "vocab.json")

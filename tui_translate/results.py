@@ -18,7 +18,7 @@ import numpy as np
 from .config import DecodeConfig
 from .errors import TranslateError
 
-WORD_START = "▁"
+WORD_START = "▁"  # SentencePiece's word-start marker: the tokenizer writes it, the views read it (one definition, torch-free)
 
 
 class InputTooLong(TranslateError, ValueError):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import DecodeConfig
-from .errors import TranslateError
+from .errors import DecodingError
 from .model import StepOutput, Transformer
 
 
@@ -301,11 +301,6 @@ class Beam:
 
 
 STRATEGY_CLASSES = {"greedy": Greedy, "beam": Beam, "sample": Sample}
-
-
-class DecodingError(TranslateError, ValueError):
-    """Decoding cannot give a meaningful answer: the model produced non-finite log-probabilities (NaN or
-    infinite weights, a NaN layer_norm_eps, an overflow at run time)."""
 
 
 @torch.inference_mode()

@@ -12,15 +12,16 @@ ends stripped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from .results import WORD_START
+
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-WORD_START = "▁"
 # Characters every new vocabulary holds whether or not the training text has them: printable ASCII,
 # the Latin-1 and Latin Extended-A letters and the usual typographic signs, so names, URLs, codes and
 # prices in any Latin-script language can be spelt (and copied) instead of becoming <unk>.
@@ -107,10 +108,6 @@ class Tokenizer:
     def from_file(cls, path: str | Path) -> "Tokenizer":
         return cls(HFTokenizer.from_file(str(path)))
 
-    @classmethod
-    def from_str(cls, text: str) -> "Tokenizer":
-        return cls(HFTokenizer.from_str(text))
-
     def to_str(self) -> str:
         return self.source.to_str(pretty=True)
 
@@ -160,11 +157,3 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         keep = [int(i) for i in ids if int(i) not in self.special_ids]
         return self.target.decode(keep, skip_special_tokens=True)
-
-
-def iter_tsv_texts(path: str | Path) -> Iterator[str]:
-    """Both columns of a French<TAB>English file (tokenizer training text)."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            for col in line.rstrip("\n").split("\t")[:2]:
-                yield col

@@ -22,6 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,6 +36,7 @@ from .checkpoint import save_model_dir, unique_state_dict
 from .config import ConfigError, DecodeConfig, ModelConfig, TrainConfig
 from .corpus import CorpusSpec, cleaned_corpora, epoch_indices, format_report
 from .data import DataError, EncodedPairs, collate, read_pairs, token_batches
+from .errors import TranslateError
 from .evaluate import evaluate_pairs
 from .model import Transformer
 from .tokenizer import Tokenizer, train_tokenizer
@@ -148,12 +150,24 @@ def save_checkpoint(out_dir: Path, model: Transformer, opt: torch.optim.Optimize
     return dest
 
 
+class RunError(TranslateError, ValueError):
+    """A run directory (--out) that this training or --export cannot use as it is."""
+
+
+def read_run_json(file: Path) -> Any:
+    """A JSON file of a run directory; one that is not JSON (hand-edited, torn) is said in one line."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{file}: not valid JSON ({e})") from None
+
+
 def load_checkpoint(path: Path, model: Transformer, opt: torch.optim.Optimizer | None) -> dict:
     state = json.loads((path / "state.json").read_text())
     weights = load_file(str(path / "model.safetensors"))
     missing = set(unique_state_dict(model)) - set(weights)
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks {sorted(missing)[:3]}")
+        raise RunError(f"{path}: checkpoint lacks {sorted(missing)[:3]}")
     model.load_state_dict(weights, strict=False)
     if opt is not None:
         tensors = load_file(str(path / "optim.safetensors"))
@@ -321,13 +335,13 @@ def export_run(out_dir: str | Path, console: Console | None = None) -> Path:
     """Average the newest checkpoints of a run (finished or not) into DIR/model."""
     console = console or Console(stderr=True)
     out_dir = Path(out_dir).expanduser()
-    cfg = TrainConfig.from_dict(json.loads((out_dir / "train.json").read_text()))
+    cfg = TrainConfig.from_dict(read_run_json(out_dir / "train.json"))
     tok = Tokenizer.from_file(out_dir / "tokenizer.json")
     model = Transformer(build_model_config(cfg, tok))
     paths = checkpoint_dirs(out_dir)
     if not paths:
-        raise ValueError(f"{out_dir}: no checkpoints to export")
-    state = json.loads((paths[-1] / "state.json").read_text())
+        raise RunError(f"{out_dir}: no checkpoints to export")
+    state = read_run_json(paths[-1] / "state.json")
     return export_average(out_dir, model, tok, cfg, state, model.num_parameters(), console)
 
 
@@ -345,7 +359,7 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     cfg_file = out_dir / "train.json"
     if d.main:
         if resume and cfg_file.exists():
-            saved = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
+            saved = TrainConfig.from_dict(read_run_json(cfg_file))
             name = run_difference(saved, cfg, ("model", "direction", "train", "clean", "max_len", "limit_pairs", "tokenizer", "vocab_size"))
             if name:
                 raise ConfigError(f"{cfg_file}: --resume with a different {name} than the saved run "
@@ -396,7 +410,7 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
                 _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
                 console.print(f"resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
     elif d.main and checkpoint_dirs(out_dir):
-        raise ValueError(f"{out_dir} already has checkpoints: pass --resume to continue, or choose another --out")
+        raise RunError(f"{out_dir} already has checkpoints: pass --resume to continue, or choose another --out")
     if d.world > 1:  # identical start on every rank
         for p in model.parameters():
             dist.broadcast(p.data, 0)
@@ -547,7 +561,7 @@ def export_average(out_dir: Path, model: Transformer, tok: Tokenizer, cfg: Train
     if paths:
         avg, paths = average_checkpoints(paths, console)
         if not paths:
-            raise ValueError(f"{out_dir}: no readable checkpoint to export")
+            raise RunError(f"{out_dir}: no readable checkpoint to export")
         model.load_state_dict(avg, strict=False)
     if model.config.decoder_start_id == model.config.pad_id:
         keep_start_embedding_zero(model)

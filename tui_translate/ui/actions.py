@@ -212,7 +212,7 @@ class AppActions:
             self.notify("Select an output token first.", severity="warning", timeout=3)
             return
         try:
-            paths = export_attention(self, got, inspector.grid, inspector.matrix, inspector.show_matrix, Path(self.export_dir))
+            paths = export_attention(got, inspector.grid, inspector.matrix, inspector.show_matrix, Path(self.export_dir))
         except OSError as e:
             self.notify(f"Export failed: {e}", severity="error")
             return

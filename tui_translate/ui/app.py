@@ -24,6 +24,7 @@ from textual.worker import get_current_worker
 
 from .. import hub, langid
 from ..config import DecodeConfig
+from ..errors import TranslateError
 from ..protocols import TranslatorLike
 from .actions import NO_MODEL_HINT, AppActions
 from .commands import HubModelCommands, app_commands
@@ -38,6 +39,7 @@ from .widgets.prompt import MAX_INPUT_CHARS, Prompt
 from .widgets.transcript import Transcript
 
 WIDE_COLUMNS = 120
+FOOTER_PALETTE_COLUMNS = 90  # narrower, ctrl+p (the prompt's placeholder names it) would push keys off the footer
 PROGRESS_INTERVAL = 1 / 30  # seconds between redraws of a growing translation
 
 
@@ -46,19 +48,24 @@ class TranslateApp(AppActions, App):
     TITLE = "tui-translate"
     COMMANDS = App.COMMANDS | {HubModelCommands}
 
+    # The footer holds the keys of this list with show=True in one line at 80 columns: the attention view's
+    # keys and the two exports are grouped (each key's own description is its tooltip); re-run and live mode
+    # are in the help, the palette and the strategy dialog (Apply & re-run).
+    VIEW_KEYS = Binding.Group("view")
+    EXPORT_KEYS = Binding.Group("export")
     BINDINGS = [
         Binding("f1", "help", "help"),
         Binding("f2", "strategy", "strategy"),
-        Binding("f3", "swap_model", "swap"),
-        Binding("f4", "toggle_matrix", "matrix"),
-        Binding("f5", "rerun", "re-run"),
-        Binding("f6", "toggle_live", "live"),
-        Binding("f7", "toggle_confidence", "conf"),
-        Binding("f8", "toggle_aggregate", "agg"),
-        Binding("f9", "cycle_matrix_kind", "kind"),
+        Binding("f3", "swap_model", "model"),
+        Binding("f4", "toggle_matrix", "full matrix", group=VIEW_KEYS),
+        Binding("f8", "toggle_aggregate", "mean / max", group=VIEW_KEYS),
+        Binding("f9", "cycle_matrix_kind", "cross / self attention", group=VIEW_KEYS),
+        Binding("f7", "toggle_confidence", "confidence"),
         Binding("ctrl+y", "copy", "copy"),
-        Binding("ctrl+s", "export_transcript", "export"),
-        Binding("ctrl+o", "export_attention", "view"),
+        Binding("ctrl+s", "export_transcript", "export the transcript", group=EXPORT_KEYS),
+        Binding("ctrl+o", "export_attention", "export the attention view", group=EXPORT_KEYS),
+        Binding("f5", "rerun", "re-run", show=False),
+        Binding("f6", "toggle_live", "live", show=False),
         Binding("ctrl+z", "direction_back", "undo direction", show=False),
         Binding("escape", "leave_input", show=False),
     ]
@@ -104,8 +111,9 @@ class TranslateApp(AppActions, App):
             yield Transcript(id="transcript")
             yield Inspector(id="inspector")
         yield LivePreview(id="live-preview")
-        yield Prompt(id="prompt", placeholder="Type a sentence and press Enter  (F1 help)")
-        yield Footer(compact=True)  # every key that matters fits at 80 columns
+        yield Prompt(id="prompt", placeholder="Type a sentence and press Enter  (F1 help · ctrl+p commands)")
+        # every key that matters fits at 80 columns; the palette's key joins them where there is room
+        yield Footer(compact=True, show_command_palette=False)
 
     @property
     def transcript(self) -> Transcript:
@@ -142,6 +150,7 @@ class TranslateApp(AppActions, App):
         # The event's size: the app's own size is still the previous one while this handler runs.
         width = event.size.width if event is not None else self.size.width
         self.main_screen.set_class(width >= WIDE_COLUMNS, "wide")
+        self.main_screen.query_one(Footer).show_command_palette = width >= FOOTER_PALETTE_COLUMNS
         # A new width re-wraps the transcript; keep its newest exchange in view once that layout is done.
         self.call_after_refresh(self.transcript.scroll_end, animate=False)
 
@@ -171,7 +180,7 @@ class TranslateApp(AppActions, App):
             return
         try:
             entries = list(self.catalog())
-        except (OSError, ValueError) as e:  # an unreadable cache directory: the models already known stay
+        except (OSError, TranslateError) as e:  # an unreadable cache directory: the models already known stay
             self.notify(f"Could not list the models: {e}", severity="warning", timeout=6)
             return
         known = {model_key(p): p for p in self.models}
@@ -305,7 +314,7 @@ class TranslateApp(AppActions, App):
         if self.translator is not None and prefix is None:
             try:
                 segments = self.translator.segments(text)
-            except ValueError as e:
+            except TranslateError as e:  # the input is over the limit
                 self.notify(str(e), severity="error", timeout=8)
                 return []
         self.transcript.flush()  # the previous request's finished sentences are shown before it is superseded

@@ -74,7 +74,7 @@ def attention_view_data(selection, grid, matrix, show_matrix: bool) -> dict:
             "layers_heads_source": np.asarray(weights).tolist(), "source": t.source, "translation": h.text}
 
 
-def export_attention(app, selection, grid, matrix, show_matrix: bool, directory: Path) -> list[Path]:
+def export_attention(selection, grid, matrix, show_matrix: bool, directory: Path) -> list[Path]:
     data = attention_view_data(selection, grid, matrix, show_matrix)
     stamp = _stamp()
     directory = Path(directory)

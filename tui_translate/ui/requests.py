@@ -74,7 +74,6 @@ class RequestTracker:
     request_id: int = 0
     running: list[Exchange] = field(default_factory=list)  # the exchanges of the current request
     pending: Pending | None = None
-    live_request_id: int = 0
 
     def restore(self, records: list[dict]) -> None:
         """Exchanges of an earlier session, from the saved transcript."""

@@ -28,13 +28,13 @@ class StrategySet(RadioSet):
     """A RadioSet whose keyboard highlight starts on the pressed button: RadioSet highlights the first
     button on mount, so with beam active Up+Enter picked sample."""
 
-    def _on_mount(self, event) -> None:
+    def on_mount(self) -> None:
         # Textual runs RadioSet's own mount handler after this one (it highlights the first button).
         self.call_later(self._highlight_pressed)
 
     def _highlight_pressed(self) -> None:
-        if self.pressed_index >= 0:
-            self._selected = self.pressed_index
+        for _ in range(max(0, self.pressed_index)):  # from the first button down to the pressed one
+            self.action_next_button()
 
 
 class DecodeScreen(ModalScreen[tuple[DecodeConfig, bool] | None]):

@@ -111,6 +111,58 @@ class TokenStrip(Widget, can_focus=True):
             self.action_select(0)
 
 
+LABEL_SEPARATOR = " · "
+
+
+class MetaLine(Widget):
+    """The line under a translation: model, strategy, time, score… as labels that wrap only between labels.
+
+    Rich and Textual break lines at any whitespace, non-breaking spaces included, so "42 ms" or "score
+    -0.727" could be split across two lines; this widget lays out whole labels per line itself (a label
+    alone wider than the line is the one case broken inside)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self._labels: list[Text] = []
+
+    @property
+    def labels(self) -> list[str]:
+        return [label.plain for label in self._labels]
+
+    def show(self, *labels: str | Text) -> None:
+        """Replace the labels (empty ones are left out); lays the screen out again only when the number of
+        lines changes (a layout arranges the whole transcript, and this runs at every decoding step)."""
+        width = self.content_size.width
+        before = len(self.lines(width)) if width else -1
+        self._labels = [Text(label) if isinstance(label, str) else label for label in labels if label]
+        self.refresh(layout=not width or len(self.lines(width)) != before)
+
+    def lines(self, width: int) -> list[Text]:
+        """The labels packed into lines of at most `width` cells, separated by LABEL_SEPARATOR."""
+        lines: list[Text] = []
+        line = Text()
+        sep = len(LABEL_SEPARATOR)
+        for label in self._labels:
+            if line and line.cell_len + sep + label.cell_len > width:
+                lines.append(line)
+                line = Text()
+            if label.cell_len > width:  # too wide even alone: broken at spaces, then folded
+                lines.extend(label.wrap(self.app.console, max(width, 1), overflow="fold"))
+                continue
+            if line:
+                line.append(LABEL_SEPARATOR)
+            line.append_text(label)
+        if line:
+            lines.append(line)
+        return lines
+
+    def render(self) -> Text:
+        return Text("\n").join(self.lines(self.content_size.width or 1_000_000))
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        return max(1, len(self.lines(width)))
+
+
 class ExchangeView(Vertical):
     """Source, translation (tokens once done, growing text while decoding), n-best, a label."""
 
@@ -122,7 +174,7 @@ class ExchangeView(Vertical):
         # source, then the body (token strips, or a partial / note / restored text), then the meta line; the
         # body sits directly in this container: every widget on screen costs time at each layout pass
         yield Static(Text("› ", style="bold") + Text(self.exchange.source), classes="source")
-        yield Static(classes="meta")
+        yield MetaLine(classes="meta")
 
     def on_mount(self) -> None:
         self.refresh_exchange()
@@ -148,7 +200,7 @@ class ExchangeView(Vertical):
 
     def refresh_exchange(self) -> None:
         ex = self.exchange
-        meta = self.query_one(".meta", Static)
+        meta = self.query_one(MetaLine)
         for child in list(self.children):
             if child is not meta and not child.has_class("source"):
                 child.remove()
@@ -160,37 +212,39 @@ class ExchangeView(Vertical):
                 strips.append(TokenStrip(ex.id, i, h, rank, classes="tokens" + (" nbest" if i else "")))
             self.mount_all(strips, before=meta)
             self._show_compare(meta)
-            score = f" · score {t.best.score:.3f}"
-            extra = "" if t.best.finished else " · stopped at the length limit"
-            nb = f" · {len(t.hypotheses)}-best" if len(t.hypotheses) > 1 else ""
-            line = Text(f"{ex.model} · {ex.label} · {t.elapsed_s * 1000:.0f} ms{score}{nb}{extra}")
             conf = model_confidence(t.best)
-            if conf < LOW_CONFIDENCE:  # the model doubts its own output: likely invented, say so
-                line = Text.assemble((f"⚠ low confidence ({conf:.2f})", "bold"), " · ", line)
-            meta.update(line)
-            meta.set_class(conf < LOW_CONFIDENCE, "low")
+            low = conf < LOW_CONFIDENCE  # the model doubts its own output: likely invented, say so
+            meta.show(Text(f"⚠ low confidence ({conf:.2f})", style="bold") if low else "", *self.labels(),
+                      f"{t.elapsed_s * 1000:.0f} ms", f"score {t.best.score:.3f}",
+                      f"{len(t.hypotheses)}-best" if len(t.hypotheses) > 1 else "",
+                      "" if t.best.finished else "stopped at the length limit")
+            meta.set_class(low, "low")
         elif ex.translation is not None:
             self.mount(Static(Text(ex.translation.note or "(nothing to translate)", style="italic"), classes="note"), before=meta)
-            meta.update(Text(f"{ex.model} · {ex.label}"))
+            meta.show(*self.labels())
         elif ex.status == "restored":
             click = Style(meta={"@click": f"app.retranslate({ex.id})"})
             self.mount(Static(Text(ex.restored_text, style=click), classes="restored"), before=meta)
-            meta.update(Text(f"{ex.model} · {ex.label} · from an earlier session (click it to translate again and inspect)"))
+            meta.show(*self.labels(), "from an earlier session", "click it to translate again and inspect")
         else:
             status = {"running": "translating…", "cancelled": "cancelled", "failed": f"failed: {ex.error}"}.get(ex.status, ex.status)
             self.mount(Static(Text(ex.partial or "…", style="italic"), classes="partial"), before=meta)
             self._show_compare(meta)
-            meta.update(Text(f"{ex.model} · {ex.label} · {status}"))
+            meta.show(*self.labels(), status)
 
     def update_partial(self, text: str, step: int) -> None:
         self.exchange.partial = text
         try:
-            partial, meta = self.query_one(".partial", Static), self.query_one(".meta", Static)
+            partial, meta = self.query_one(".partial", Static), self.query_one(MetaLine)
         except Exception:
             self.refresh_exchange()
             return
         _set_text(partial, Text(text or "…", style="italic"))
-        _set_text(meta, Text(f"{self.exchange.model} · {self.exchange.label} · translating… step {step}"))
+        meta.show(*self.labels(), f"translating… step {step}")
+
+    def labels(self) -> list[str]:
+        """The model and the exchange's label (strategy, note, sentence i/n), one label per part."""
+        return [self.exchange.model, *self.exchange.label.split(LABEL_SEPARATOR)]
 
     def strips(self) -> list[TokenStrip]:
         return list(self.query(TokenStrip))

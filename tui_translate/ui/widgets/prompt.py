@@ -60,9 +60,10 @@ class Prompt(Input):
         self.value = self._draft if self._pos == len(self.history) else self.history[self._pos]
         self.cursor_position = len(self.value)
 
-    def _on_paste(self, event: events.Paste) -> None:
+    def on_paste(self, event: events.Paste) -> None:
         """A multi-line paste is kept whole (Input keeps the first line only): lines are joined with spaces
-        and the sentence splitter makes one exchange per sentence."""
+        and the sentence splitter makes one exchange per sentence. Handlers run subclass first, so
+        preventing the default here keeps Input's own paste handler from running."""
         text = " ".join(line.strip() for line in event.text.splitlines() if line.strip())
         if text:
             if self.selection.is_empty:

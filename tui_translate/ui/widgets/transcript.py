@@ -113,6 +113,11 @@ class Transcript(VerticalScroll, can_focus=False):  # Tab stops are the translat
         elif self._timer is None:
             self._timer = self.set_timer(DONE_INTERVAL - since, self.flush)
 
+    @property
+    def flush_scheduled(self) -> bool:
+        """Finished sentences wait for a timer to be shown."""
+        return self._timer is not None
+
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.stop()
