@@ -24,7 +24,7 @@ from rich.table import Table
 
 from .atomic import write_text
 from .config import DecodeConfig
-from .linear import set_int8
+from .engine import InferenceEngine
 from .search import SearchStep, pad_batch, search
 from .translator import Translator, freeze_startup_objects
 
@@ -80,19 +80,17 @@ class Engine:
 
 def _ours(translator: Translator, attention: bool, int8: bool = False) -> Engine:
     model, tok = translator.model, translator.tokenizer
+    # the translator's engine when it has this precision, else one of the other precision on the same weights
+    engine = translator.engine if translator.int8 == int8 else InferenceEngine(model, "int8" if int8 else "fp32")
 
     def run(src: torch.Tensor, config: DecodeConfig) -> tuple[int, float | None]:
-        set_int8(model, int8)
-        try:
-            start = time.perf_counter()
-            first = None
-            final = None
-            for event in search(model, src, config, need_weights=attention):
-                if first is None and isinstance(event, SearchStep):
-                    first = time.perf_counter() - start
-                final = event
-        finally:
-            set_int8(model, translator.int8)
+        start = time.perf_counter()
+        first = None
+        final = None
+        for event in search(engine, src, config, need_weights=attention):
+            if first is None and isinstance(event, SearchStep):
+                first = time.perf_counter() - start
+            final = event
         return sum(len(h[0].tokens) for h in final.hypotheses), first
 
     return Engine(lambda texts: pad_batch(tok.encode_ids(texts), model.config.pad_id), run)
@@ -380,12 +378,12 @@ def profile_decoding(translator: Translator, texts: list[str], console: Console)
     for strategy, cfg in STRATEGIES.items():
         inputs = [pad_batch(tok.encode_ids([t]), model.config.pad_id) for t in texts]
         for src in inputs[:3]:  # warm-up
-            for _ in search(model, src, cfg):
+            for _ in search(translator.engine, src, cfg):
                 pass
         def decode_all() -> tuple[float, int]:
             start, steps = time.perf_counter(), 0
             for src in inputs:
-                for event in search(model, src, cfg):
+                for event in search(translator.engine, src, cfg):
                     pass
                 steps += event.steps
             return time.perf_counter() - start, steps
@@ -419,7 +417,7 @@ def profile_decoding(translator: Translator, texts: list[str], console: Console)
 
 
 def run_bench(translator: Translator, texts: list[str], console: Console, batch_sizes=(1, 32), json_path: str | None = None,
-              peers: bool = True, app_check: bool = True, profile: bool = True, block: int = 10) -> dict:
+              peers: bool = True, app_check: bool = True, profile: bool = True, block: int = 10, live: bool = True) -> dict:
     """block: sentences one engine decodes in a row before the next engine takes over (at least one batch).
     Engines then run with their weights in cache, as when translating a document; block=1 interleaves
     every sentence, so each engine starts from caches the previous engine filled."""

@@ -342,16 +342,13 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .loading import load_model
     from .evaluate import evaluate_pairs
     from .paths import resolve_model
-    from .translator import freeze_startup_objects
+    from .translator import Translator, freeze_startup_objects
     from .quality import numbers_kept, repetition_rate
 
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(resolve_model(args.model, args.direction))
-    if args.int8:
-        from .linear import set_int8
-
-        set_int8(loaded.model, True)
+    translator = Translator(loaded, int8=args.int8)
     freeze_startup_objects()
     direction = args.direction or f"{loaded.meta.get('source_lang', 'fr')}-{loaded.meta.get('target_lang', 'en')}"
     pairs = read_pairs(args.tsv, direction, args.limit)
@@ -362,7 +359,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     with Progress(console=err, disable=not err.is_terminal, transient=True) as progress:
         task = progress.add_task("translating", total=len(pairs))
-        scores, hyps = evaluate_pairs(loaded.model, loaded.tokenizer, pairs, decode_config_from_args(args), args.batch_size,
+        scores, hyps = evaluate_pairs(translator, None, pairs, decode_config_from_args(args), args.batch_size,
                                       progress=lambda n: progress.update(task, completed=n))
     if args.output:
         from .atomic import write_text
