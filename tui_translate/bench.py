@@ -6,7 +6,9 @@ Hugging Face `transformers` generate() and CTranslate2 (float32 and int8) on the
 Marian format (skipped, with the reason, otherwise). Each library runs in a worker process of its
 own; the parent hands every engine the same blocks of sentences in turn and collects the timings.
 Strategies greedy and beam 5; batch sizes 1 and 32. Batch 1 reports median and p90 ms per
-sentence and the time to the first streamed token; batch 32 reports ms per sentence.
+sentence and the time to the first streamed token; batch 32 reports ms per sentence. Live mode: a
+12-word sentence typed key by key, every prefix translated as the live preview does, with and
+without the previous translation as a draft (`live_mode`).
 """
 
 from __future__ import annotations
@@ -296,6 +298,44 @@ def training_throughput(translator: Translator, steps: int = 10, batch: int = 96
     return results
 
 
+# Live mode's replayed sentences, 12 words each, by the model's source language (French for other languages).
+LIVE_SENTENCES = {"fr": "Je voudrais réserver une table pour deux personnes ce soir au restaurant.",
+                  "en": "I would like to book a table for two people tonight, please."}
+
+
+def live_mode(translator: Translator, sentence: str | None = None, replays: int = 5, config: DecodeConfig = DecodeConfig()) -> dict:
+    """Live mode replayed: `sentence` typed key by key, each prefix translated as the live preview translates it
+    (the app's default strategy, no attention kept, the translator's engine) once the previous translation is
+    done, with the previous translation as the draft, and without. Reports the median, over the replays, of the
+    time from the last keystroke to its final translation (the debounce before the request is left out), and of
+    every keystroke's. The two variants alternate from replay to replay after one warm-up replay of each."""
+    sentence = sentence or LIVE_SENTENCES.get(translator.source_lang, LIVE_SENTENCES["fr"])
+    prefixes = [sentence[:i] for i in range(1, len(sentence) + 1) if sentence[:i].strip()]  # live mode skips blank text
+    last: dict[str, list[float]] = {"draft": [], "plain": []}
+    every: dict[str, list[float]] = {"draft": [], "plain": []}
+    outputs: dict[str, list[str]] = {}
+    for replay in range(replays + 1):  # replay 0 warms up
+        for variant in ("draft", "plain") if replay % 2 else ("plain", "draft"):
+            draft, times, texts = None, [], []
+            for text in prefixes:
+                start = time.perf_counter()
+                for event in translator.stream(text, config, attention=False, draft=draft if variant == "draft" else None):
+                    pass
+                times.append(time.perf_counter() - start)
+                draft = event.best.token_ids
+                texts.append(event.text)
+            outputs[variant] = texts
+            if replay:
+                last[variant].append(times[-1])
+                every[variant].extend(times)
+    ms = lambda xs: round(1000 * statistics.median(xs), 2)  # noqa: E731
+    return {"sentence": sentence, "words": len(sentence.split()), "keystrokes": len(prefixes), "replays": replays,
+            "engine": translator.engine.precision, "strategy": config.describe(),
+            "last_key_ms_with_draft": ms(last["draft"]), "last_key_ms_without_draft": ms(last["plain"]),
+            "per_key_ms_with_draft": ms(every["draft"]), "per_key_ms_without_draft": ms(every["plain"]),
+            "same_translations": outputs["draft"] == outputs["plain"]}
+
+
 def app_latency(model_path: Path, text: str) -> dict:
     """Headless app: time to the first painted frame, and keystroke handling while a beam search decodes.
     The app decodes with the threads it uses when launched (`interactive_threads`)."""
@@ -461,11 +501,12 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
         base = measures[("ours-fast", r["strategy"], r["batch"])].row()["median_ms_per_sentence"]
         r["ratio_to_ours_fast"] = round(r["median_ms_per_sentence"] / base, 2) if base else None
     profiled = profile_decoding(translator, texts[:50], console) if profile else None
+    live_report = live_mode(translator) if live else None
     train = training_throughput(translator)
     app = app_latency(translator.path, " ".join(texts[:60])) if app_check else None  # 60 sentences decoded in a row
     report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts), "block": block,
               "torch": torch.__version__, "rows": rows, "skipped": skipped, "training_tokens_per_s": train, "app": app,
-              "profile": profiled}
+              "profile": profiled, "live": live_report}
     table = Table(title=f"tui-translate bench · {translator.name} · {len(texts)} sentences · {torch.get_num_threads()} threads"
                         f" · blocks of {block}")
     table.add_column("engine", no_wrap=True, min_width=19)
@@ -482,6 +523,13 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
         console.print("batch 1, least-squares fit of ms per sentence = fixed + per token × output tokens: " + "; ".join(
             f"{r['engine']} {r['strategy']} {r['ms_per_output_token']:.2f} ms/token "
             f"{'-' if r['ms_fixed_per_sentence'] < 0 else '+'} {abs(r['ms_fixed_per_sentence']):.1f} ms" for r in fits))
+    if live_report:
+        lr = live_report
+        console.print(f"live mode ({lr['words']} words typed key by key, {lr['keystrokes']} keystrokes, {lr['strategy']}, "
+                      f"{lr['engine']}, median of {lr['replays']} replays): last keystroke to final translation "
+                      f"{lr['last_key_ms_with_draft']:.1f} ms with the draft, {lr['last_key_ms_without_draft']:.1f} ms without; "
+                      f"every keystroke {lr['per_key_ms_with_draft']:.1f} / {lr['per_key_ms_without_draft']:.1f} ms"
+                      + ("" if lr["same_translations"] else " [red]translations differ with the draft[/]"))
     console.print("training step tokens/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in train.items()))
     if app:
         console.print(f"app: first frame {app['first_frame_ms']:.0f} ms, model ready {app['model_ready_ms']:.0f} ms, "

@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peers", action="store_true", help="measure only this project's engine")
     p.add_argument("--no-app", action="store_true", help="skip the app latency measurement")
     p.add_argument("--no-profile", action="store_true", help="skip the where-the-time-goes profile")
+    p.add_argument("--no-live", action="store_true", help="skip the live-mode replay (a sentence typed key by key, with and "
+                   "without the previous translation as a draft)")
 
     p = sub.add_parser("import-marian", help="convert a Hugging Face Marian (opus-mt) directory into a model directory",
                        description="Convert SRC_DIR (config.json, model.safetensors or pytorch_model.bin, source.spm, target.spm, "
@@ -303,7 +305,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     if not texts:
         raise DataError(f"{args.input}: no sentences to decode")
     run_bench(translator, texts, Console(), tuple(args.batch_sizes), args.json, peers=not args.no_peers, block=args.block,
-              app_check=not args.no_app, profile=not args.no_profile)
+              app_check=not args.no_app, profile=not args.no_profile, live=not args.no_live)
     return 0
 
 
