@@ -108,9 +108,10 @@ def test_fused_single_token_step_equals_modular_step(tokenizer, norm, int8, rows
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_fused_block_equals_one_token_steps(tokenizer, norm, int8, rows, need_weights):
     """A block of new tokens (a forced prefix, a draft) computes what one-token steps compute, position by
-    position, logits, attention and the cache, up to the order of additions inside the kernels. In int8 that
-    takes per-position kernels: fbgemm quantizes a whole call's activations with one scale, so a block
-    multiplied in one call would differ from its steps by the quantization error (about 1e-2 here)."""
+    position, logits, attention and the cache: bit for bit in int8 (its kernels treat rows independently), up
+    to the order of additions of the float32 products. That takes the steps' kernels: fbgemm quantizes a whole call's activations with one
+    scale (a block multiplied in one call differed from its steps by about 1e-2 here) and a T-query
+    attention kernel adds up in another order than one query at a time."""
     model = make_model(tokenizer, norm_placement=norm, final_logits_bias=True, activation="gelu")
     engine = InferenceEngine(model, "int8" if int8 else "fp32")
     src, tgt = _batch(model)
@@ -122,17 +123,18 @@ def test_fused_block_equals_one_token_steps(tokenizer, norm, int8, rows, need_we
         first = engine.decode_step(tgt[:, :2], by_block, need_weights)  # then a block of 4 after 2 positions
         block = engine.decode_step(tgt[:, 2:6], by_block, need_weights)
         steps = [engine.decode_step(tgt[:, i : i + 1], by_step, need_weights) for i in range(6)]
+    tol = dict(atol=0, rtol=0) if int8 else dict(atol=1e-5, rtol=0)
     for got, want in ((first, steps[:2]), (block, steps[2:])):
-        torch.testing.assert_close(got.logits, torch.cat([s.logits for s in want], 1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.logits, torch.cat([s.logits for s in want], 1), **tol)
         if need_weights:
-            torch.testing.assert_close(got.cross_attention, torch.cat([s.cross_attention for s in want], 3), atol=1e-6, rtol=0)
+            torch.testing.assert_close(got.cross_attention, torch.cat([s.cross_attention for s in want], 3), **tol)
             keys = got.self_attention.size(-1)
             for t, s in enumerate(want):  # position t sees the cached positions and the block up to itself, nothing later
                 width = s.self_attention.size(-1)
-                torch.testing.assert_close(got.self_attention[..., t : t + 1, :width], s.self_attention, atol=1e-6, rtol=0)
+                torch.testing.assert_close(got.self_attention[..., t : t + 1, :width], s.self_attention, **tol)
                 assert torch.all(got.self_attention[..., t, width:keys] == 0)
     assert by_block.length == by_step.length == 6
-    torch.testing.assert_close(by_block.self_kv[..., :6, :], by_step.self_kv[..., :6, :], atol=1e-5, rtol=0)
+    torch.testing.assert_close(by_block.self_kv[..., :6, :], by_step.self_kv[..., :6, :], **tol)
 
 
 def test_engine_step_is_kept_across_runs_and_follows_weight_changes(tokenizer):

@@ -266,8 +266,18 @@ def decoder(request, model):
     return model if request.param == "model" else InferenceEngine(model, request.param)
 
 
-def assert_same_result(a: SearchDone, b: SearchDone) -> None:
-    """Same tokens; same scores, alternatives and attention up to the rounding of a block's products."""
+def assert_same_result(a: SearchDone, b: SearchDone, exact: bool = False) -> None:
+    """Same tokens; same scores, alternatives and attention, bit for bit when `exact`, else up to the rounding
+    of a block's products."""
+    if exact:
+        assert a.steps == b.steps
+        for ha, hb in zip(a.hypotheses, b.hypotheses, strict=True):
+            for x, y in zip(ha, hb, strict=True):
+                for field in ("tokens", "token_logprobs", "score", "finished", "logprob"):
+                    assert getattr(x, field) == getattr(y, field), field
+                for field in ("alt_ids", "alt_logprobs", "cross_attention", "self_attention"):
+                    fx, fy = getattr(x, field), getattr(y, field)
+                    assert (fx is None and fy is None) or torch.equal(fx, fy), field
     assert a.steps == b.steps
     for ha, hb in zip(a.hypotheses, b.hypotheses, strict=True):
         assert [h.tokens for h in ha] == [h.tokens for h in hb]
@@ -312,7 +322,8 @@ def _draft(data, reference: list[int], vocab: int, eos: int) -> list[int]:
 def test_greedy_with_any_draft_equals_greedy_without(decoder, tokenizer, data):
     """Greedy decoding with a draft gives what it gives without: tokens, scores, alternatives and attention,
     whatever the draft (right, cut, wrong, longer than the output, holding EOS or junk ids), on the oracle
-    path and on the engine in float32 and int8, one sentence or two, with or without a forced prefix."""
+    path and on the engine in float32 and int8 (there bit for bit), one sentence or two, with or without a
+    forced prefix."""
     texts = data.draw(st.sampled_from([[SOURCES[0]], [SOURCES[3]], [SOURCES[1], SOURCES[2]]]))
     src = encode(tokenizer, texts)
     need_weights = data.draw(st.booleans())
@@ -323,7 +334,8 @@ def test_greedy_with_any_draft_equals_greedy_without(decoder, tokenizer, data):
     if prefix:
         plain = run(decoder, src, cfg, need_weights=need_weights, prefix=prefix)
     draft = _draft(data, reference, decoder.config.vocab_size, decoder.config.eos_id)[len(prefix or []):]
-    assert_same_result(run(decoder, src, cfg, need_weights=need_weights, prefix=prefix, draft=draft), plain)
+    exact = isinstance(decoder, InferenceEngine) and decoder.precision == "int8"
+    assert_same_result(run(decoder, src, cfg, need_weights=need_weights, prefix=prefix, draft=draft), plain, exact)
 
 
 def test_right_draft_takes_one_pass_and_wrong_draft_goes_on_step_by_step(model, tokenizer):

@@ -8,10 +8,11 @@ engine binds it and keeps it while the weights stay as they are): about 106 call
 the same order, so a one-token step's logits and attention weights equal the modular path's (tests
 assert it, post- and pre-norm, fp32 and int8, fast and capture paths).
 
-A block of several new tokens per row (a forced prefix, a draft to verify) runs the same code with
-causal attention inside the block, and every product chooses its kernel as for the one-token steps
-of the same rows (`_Pack.multiply`'s step_rows): each position of the block rounds as its own
-one-token step would, up to the order of additions inside the kernels.
+A block of several new tokens per row (a forced prefix, a draft to verify) runs the same code: every
+product chooses its kernel as for the one-token steps of the same rows (`_Pack.multiply`'s
+step_rows), and attention runs one position at a time over the keys up to it, as those steps do.
+So each position of a block rounds as its one-token step: bit for bit in int8 (the one-row kernels
+treat rows independently), up to the order of additions of the column-block products in float32.
 
 Shapes: N rows (sentences × beams), T new tokens per row, D d_model, H heads, d_k = D / H,
 S source length, V vocab. Activations are (N·T, D), rows ordered (N, T).
@@ -85,22 +86,36 @@ class FusedDecoderStep:
         if pos + t > self.max_positions:
             raise ValueError(f"sequence of {pos + t} positions exceeds max_positions={self.max_positions}")
         d, h, dk, rows = self.d_model, self.n_heads, self.d_head, n * t
-        # a block attends causally within itself; one token sees every cached position and itself
-        causal = torch.ones(t, pos + t, dtype=torch.bool, device=tokens.device).tril(pos) if t > 1 else None  # (T, T_past + T)
         self_ws: list[Tensor] = []
         cross_ws: list[Tensor] = []
 
-        def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, keep: list[Tensor]) -> Tensor:
-            """q (N, H, T, d_k), k/v (N, H, S, d_k) -> context (N·T, D), heads concatenated."""
+        def attend_one(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+            """One query per row: q (N, H, 1, d_k), k/v (N, H, S, d_k) -> context (N, H, 1, d_k), weights (N, H, 1, S)."""
             if need_weights:
-                weights = attention_probabilities(q, k, mask)  # (N, H, T, S)
-                keep.append(weights)
-                ctx = torch.matmul(weights, v)
-            else:
-                ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, T, d_k)
-            if t == 1:  # the hot path: a view
+                weights = attention_probabilities(q, k, mask)
+                return torch.matmul(weights, v), weights
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
+
+        def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, keep: list[Tensor], causal: bool) -> Tensor:
+            """q (N, H, T, d_k), k/v (N, H, S, d_k) -> context (N·T, D), heads concatenated. causal: self-attention,
+            position j of a block sees the keys up to itself. A block attends one position at a time, each query
+            over the keys its one-token step sees, so that it rounds exactly as that step does (a T-query kernel
+            adds up in another order)."""
+            if t == 1:  # the hot path: one call, the context a view
+                ctx, weights = attend_one(q, k, v, mask)
+                if weights is not None:
+                    keep.append(weights)
                 return ctx.reshape(n, d)
-            return ctx.transpose(1, 2).reshape(rows, d)  # (N, T, H, d_k) -> (N·T, D)
+            ctxs, ws = [], []
+            for j in range(t):
+                end = pos + j + 1 if causal else k.size(2)
+                ctx, weights = attend_one(q[:, :, j : j + 1], k[:, :, :end], v[:, :, :end], mask)
+                ctxs.append(ctx)
+                if weights is not None:
+                    ws.append(F.pad(weights, (0, k.size(2) - end)))  # later positions of the block: exactly 0
+            if ws:
+                keep.append(torch.cat(ws, 2))  # (N, H, T, S)
+            return torch.cat(ctxs, 2).transpose(1, 2).reshape(rows, d)  # (N, H, T, d_k) -> (N, T, H, d_k) -> (N·T, D)
 
         x = F.embedding(tokens, self.embedding).mul_(self.scale).add_(self.positions[pos : pos + t]).view(rows, d)  # (N·T, D)
         for i, layer in enumerate(self.layers):
@@ -109,11 +124,11 @@ class FusedDecoderStep:
             def self_attention(hx: Tensor, layer=layer, i=i) -> Tensor:
                 qkv = layer.qkv(hx, n).view(n, t, 3, h, dk).permute(2, 0, 3, 1, 4)  # (3, N, H, T, d_k): q, k, v of the new positions
                 k, v = cache.append(i, qkv[1:])  # new (2, N, H, T, d_k) stored; all so far (N, H, pos + T, d_k)
-                return layer.self_out(attend(qkv[0], k, v, causal, self_ws), n)
+                return layer.self_out(attend(qkv[0], k, v, None, self_ws, causal=True), n)
 
             def cross_attention(hx: Tensor, layer=layer, cross_k=cross_k, cross_v=cross_v) -> Tensor:
                 q = layer.cross_q(hx, n).view(n, t, h, dk).transpose(1, 2)  # (N, H, T, d_k)
-                return layer.cross_out(attend(q, cross_k, cross_v, cache.cross_mask, cross_ws), n)
+                return layer.cross_out(attend(q, cross_k, cross_v, cache.cross_mask, cross_ws, causal=False), n)
 
             x = self._sublayer(x, layer.norms[0], self_attention)
             x = self._sublayer(x, layer.norms[1], cross_attention)

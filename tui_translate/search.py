@@ -25,8 +25,9 @@ position in one pass over the weights. The strategy then chooses every token fro
 distributions exactly as it would without a draft; while every row chose the draft's token the next
 distribution is already there and no step runs; at the first token off the draft the cache is
 truncated to the positions kept and decoding goes on step by step. The output is the one decoding
-without the draft gives (tokens, scores, alternatives, attention), up to the rounding of the block's
-products (the order of additions inside a kernel), which could only decide a tie to the last bits. Greedy and
+without the draft gives (tokens, scores, alternatives, attention): bit for bit with int8 weights, and
+in float32 up to the order of additions inside the block's products, which could only decide a tie
+to the last bits (the engine's block computes each position as its one-token step would; fused.py). Greedy and
 sampling use drafts. Beam search ignores them: its other beams need a step at every position anyway,
 so a draft could not save a pass over the weights (its forced prefix is fed in one block already).
 
