@@ -46,6 +46,7 @@ class FakeTranslator:
         self.gate = gate  # when set, decoding waits on it before every step (to test cancellation)
         self.confidence = confidence  # scales every token probability (to test the low-confidence marker)
         self.calls: list[tuple[str, DecodeConfig, list[int] | None]] = []
+        self.drafts: list[list[int] | str | None] = []  # the draft of every call, parallel to `calls`
         self.vocab: list[str] = ["<pad>", "<s>", "</s>", "<unk>"]
 
     def segments(self, text: str) -> list[str]:
@@ -82,10 +83,12 @@ class FakeTranslator:
             words = words + ["(alt%d)" % rank]
         return words
 
-    def stream(self, text: str, config: DecodeConfig = DecodeConfig(), attention: bool = True, prefix=None, cancelled=None):
+    def stream(self, text: str, config: DecodeConfig = DecodeConfig(), attention: bool = True, prefix=None, cancelled=None,
+               draft=None):
         import time
 
         self.calls.append((text, config, prefix))
+        self.drafts.append(draft)
         src_pieces, offsets = self._source(text)
         if len(src_pieces) == 1:
             yield Translation(text, [], [], [], [Hypothesis("", [], [], [], [], 0.0, 0.0, True)], config, self.name,

@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import ENGLISH, FRENCH, fit_briefly, make_model
 from tui_translate.checkpoint import save_model_dir
 from tui_translate.cli import main
+from tui_translate.config import DecodeConfig
 
 
 @pytest.mark.slow
@@ -40,6 +41,7 @@ def test_bench_measures_every_engine_on_identical_weights(tokenizer, tmp_path, c
     for strategy in ("greedy", "beam5"):
         share = report["profile"][strategy]["share"]
         assert abs(sum(share.values()) - 1.0) < 0.05 and share["matrix products"] > 0
+    assert report["live"]["same_translations"] is True and report["live"]["keystrokes"] > 12
     printed = capsys.readouterr().out
     assert "ctranslate2" in printed and "transformers" in printed and "where the time goes" in printed
 
@@ -57,3 +59,14 @@ def test_batch_one_fit_separates_per_token_from_per_sentence_cost():
     same_length = Measure("e", "greedy", 1, seconds=[0.01, 0.02], sizes=[1, 1], tokens=[4, 4])
     batched = Measure("e", "greedy", 4, seconds=[0.01, 0.02], sizes=[4, 4], tokens=[9, 17])
     assert same_length.fit() is None and batched.row()["ms_per_output_token"] is None
+
+
+def test_live_mode_replay_measures_with_and_without_the_draft(translator):
+    """The replay translates every prefix of the sentence typed key by key, both ways, to the same translations."""
+    from tui_translate.bench import live_mode
+
+    report = live_mode(translator, "je suis étudiant", replays=1)
+    assert report["keystrokes"] == len("je suis étudiant") and report["words"] == 3
+    assert report["same_translations"] is True
+    assert report["last_key_ms_with_draft"] > 0 and report["last_key_ms_without_draft"] > 0
+    assert report["engine"] == translator.engine.precision and report["strategy"] == DecodeConfig().describe()

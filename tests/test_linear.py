@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tui_translate.linear import project
+from tui_translate.linear import PackedWeights, project
 
 
 class Block(nn.Module):
@@ -31,73 +31,73 @@ def test_packed_equals_linear_in_and_out_of_inference_mode():
     block = Block()
     x = torch.randn(2, 3, 8)
     extra = torch.randn(1, 12)
+    packed = PackedWeights()
     with torch.no_grad():
         want = reference(block, x, extra)
-        got = project(block, "abc", x, block.a, block.b, block.c, extra_bias=extra)
+        got = project(x, block.a, block.b, block.c, packed=packed, extra_bias=extra)
     assert got.shape == (2, 3, 12)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     with torch.inference_mode():
-        torch.testing.assert_close(project(block, "abc", x, block.a, block.b, block.c, extra_bias=extra), want, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(project(block, "c", x, block.c), block.c(x), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(project(x, block.a, block.b, block.c, packed=packed, extra_bias=extra), want, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(project(x, block.c, packed=packed), block.c(x), atol=1e-6, rtol=1e-6)
         one = x[:1, :1]
         # every kernel choice: column blocks (12 columns, hidden layer, any row count), an output layer's
         # several rows (oneDNN) and one row (blocks), widths the blocks do not divide (3: oneDNN / plain GEMM)
         for rows, output_layer in ((x, False), (x, True), (one, False), (one, True)):
-            torch.testing.assert_close(project(block, f"abc{output_layer}", rows, block.a, block.b, block.c, extra_bias=extra,
+            torch.testing.assert_close(project(rows, block.a, block.b, block.c, packed=packed, extra_bias=extra,
                                                output_layer=output_layer), want[: rows.size(0), : rows.size(1)], atol=1e-6, rtol=1e-6)
-            torch.testing.assert_close(project(block, f"b{output_layer}", rows, block.b, output_layer=output_layer), block.b(rows),
+            torch.testing.assert_close(project(rows, block.b, packed=packed, output_layer=output_layer), block.b(rows),
                                        atol=1e-6, rtol=1e-6)
+    assert len(packed.packs()) == 5  # a pack per set of layers and kind (hidden or output layer), reused
+    assert set(vars(block)) == set(vars(Block())), "nothing is stored on the modules"
 
 
 def test_pack_follows_optimizer_steps_reloads_and_dtype_changes():
     torch.manual_seed(0)
     block = Block()
     x = torch.randn(4, 8)
+    packed = PackedWeights()
     with torch.no_grad():
-        project(block, "ab", x, block.a, block.b)  # build the pack
+        project(x, block.a, block.b, packed=packed)  # build the pack
     opt = torch.optim.SGD(block.parameters(), lr=0.5)
-    loss = project(block, "ab", x, block.a, block.b).square().sum()  # autograd path
+    loss = project(x, block.a, block.b, packed=packed).square().sum()  # autograd path
     loss.backward()
     assert block.a.weight.grad is not None and block.b.bias.grad is not None
     opt.step()  # in-place update: the pack must be rebuilt
     with torch.no_grad():
-        torch.testing.assert_close(project(block, "ab", x, block.a, block.b), reference(block, x)[:, :8])
+        torch.testing.assert_close(project(x, block.a, block.b, packed=packed), reference(block, x)[:, :8])
     other = Block()
     block.load_state_dict(other.state_dict())  # copy_ into the same parameters
     with torch.no_grad():
-        torch.testing.assert_close(project(block, "ab", x, block.a, block.b), reference(other, x)[:, :8])
+        torch.testing.assert_close(project(x, block.a, block.b, packed=packed), reference(other, x)[:, :8])
     block.double()  # storage replaced
     with torch.no_grad():
-        out = project(block, "ab", x.double(), block.a, block.b)
+        out = project(x.double(), block.a, block.b, packed=packed)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, reference(block, x.double())[:, :8])
     assert set(block.state_dict()) == {"a.weight", "a.bias", "b.weight", "b.bias", "c.weight"}
 
 
-def test_int8_mode_is_close_to_fp32_and_switches_back_exactly(model, tokenizer):
-    from tui_translate.linear import set_int8
+def test_int8_weights_are_close_to_fp32_and_leave_fp32_exact(model, tokenizer):
+    from tui_translate.linear import _W8_ROW
     from tui_translate.search import pad_batch
 
     src = pad_batch(tokenizer.encode_ids(["je suis étudiant", "le chat dort"]), tokenizer.pad_id)
     tgt = torch.full((2, 4), model.config.decoder_start_id)
+    fp32_w, int8_w = PackedWeights(), PackedWeights(int8=True)
     with torch.inference_mode():
-        fp32 = model.decode(tgt, model.encode(src)).logits
-        set_int8(model, True)
-        try:
-            int8 = model.decode(tgt, model.encode(src)).logits
-            one_row = model.decode(tgt[:1, :1], model.encode(src[:1])).logits  # single-row path too
-        finally:
-            set_int8(model, False)
-        again = model.decode(tgt, model.encode(src)).logits
+        fp32 = model.decode(tgt, model.encode(src, packed=fp32_w), packed=fp32_w).logits
+        int8 = model.decode(tgt, model.encode(src, packed=int8_w), packed=int8_w).logits
+        one_row = model.decode(tgt[:1, :1], model.encode(src[:1], packed=int8_w), packed=int8_w).logits  # single-row path too
+        again = model.decode(tgt, model.encode(src, packed=fp32_w), packed=fp32_w).logits
     assert not torch.equal(int8, fp32)  # really quantized
     assert (int8 - fp32).abs().max() < 0.05 * fp32.abs().max()
     assert (one_row - fp32[:1, :1]).abs().max() < 0.05 * fp32.abs().max()
-    from tui_translate.linear import _W8_ROW
-
     if _W8_ROW:  # the one-row product ran the weight-only int8 kernel for hidden layers, never for the logits
-        packs = [(name, p) for m in model.modules() for name, p in m.__dict__.get("_inference_packs", {}).items()]
-        assert any(p.w8 is not None for name, p in packs if name != "logits")
-        assert all(p.w8 is None for name, p in packs if name == "logits")
+        packs = int8_w.packs()
+        assert any(p.w8 is not None for p in packs if not p.output_layer)
+        assert all(p.w8 is None for p in packs if p.output_layer)
+    assert all(p.int8 is None and p.w8 is None for p in fp32_w.packs())
     torch.testing.assert_close(again, fp32, atol=0, rtol=0)
 
 

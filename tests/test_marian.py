@@ -64,7 +64,7 @@ def marian_dir(tmp_path_factory):
 
 def _ours_greedy(translator, texts, cfg):
     src = pad_batch(translator.tokenizer.encode_ids(texts), translator.config.pad_id)
-    final = list(search(translator.model, src, cfg))[-1]
+    final = list(search(translator.engine, src, cfg))[-1]  # the engine users decode with
     assert isinstance(final, SearchDone)
     return [h[0].tokens for h in final.hypotheses]
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tui_translate.attention import attention_probabilities
+from tui_translate.engine import InferenceEngine
 from tui_translate.layers import sinusoidal_positions
 from tests.conftest import make_model
 
@@ -18,31 +19,37 @@ def _batch(model):
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("layout", ["interleaved", "split"])
-def test_cached_decoding_equals_full_forward(tokenizer, norm, layout):
+@pytest.mark.parametrize("engine", [False, True])
+def test_cached_decoding_equals_full_forward(tokenizer, norm, layout, engine):
+    """The model's incremental decoding, and the inference engine's (packed weights, fused step), equal the
+    uncached teacher-forced pass through the modules."""
     model = make_model(tokenizer, norm_placement=norm, position_layout=layout, final_logits_bias=True)
+    dec = InferenceEngine(model) if engine else model
     src, tgt = _batch(model)
     with torch.no_grad():
         full = model(src, tgt)  # (B, T, V)
-        cache = model.start_cache(model.encode(src), capacity=tgt.size(1))
-        steps = [model.decode_step(tgt[:, i : i + 1], cache).logits for i in range(tgt.size(1))]
+        cache = dec.start_cache(dec.encode(src), capacity=tgt.size(1))
+        steps = [dec.decode_step(tgt[:, i : i + 1], cache).logits for i in range(tgt.size(1))]
         # a forced block of several tokens followed by single steps must agree too
-        cache2 = model.start_cache(model.encode(src), capacity=tgt.size(1))
-        block = model.decode_step(tgt[:, :4], cache2).logits
-        rest = [model.decode_step(tgt[:, i : i + 1], cache2).logits for i in range(4, tgt.size(1))]
+        cache2 = dec.start_cache(dec.encode(src), capacity=tgt.size(1))
+        block = dec.decode_step(tgt[:, :4], cache2).logits
+        rest = [dec.decode_step(tgt[:, i : i + 1], cache2).logits for i in range(4, tgt.size(1))]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.cat([block, *rest], 1), full, atol=1e-5, rtol=0)
 
 
-def test_cache_through_many_reorders_equals_full_forward(tokenizer):
+@pytest.mark.parametrize("engine", [False, True])
+def test_cache_through_many_reorders_equals_full_forward(tokenizer, engine):
     """Rows copied to beams, permuted, duplicated and dropped over several steps (the cache swaps between
     two buffers, reusing the spare one and a view of it when rows shrink): every step's logits still
     equal the uncached forward pass over each row's own history and source."""
     model = make_model(tokenizer, final_logits_bias=True)
+    dec = InferenceEngine(model) if engine else model
     src, tgt = _batch(model)
     # per step: the rows to keep, as indices into the current rows (None: no reorder)
     orders = [None, [0, 0, 0, 1, 1, 1], [2, 0, 1, 5, 3, 3], None, [1, 1, 4, 5], [3, 0, 2], [2, 2, 0]]
     with torch.inference_mode():
-        cache = model.start_cache(model.encode(src), capacity=tgt.size(1))
+        cache = dec.start_cache(dec.encode(src), capacity=tgt.size(1))
         rows = torch.arange(src.size(0))  # each cache row's sentence
         history = torch.empty(src.size(0), 0, dtype=torch.long)  # each cache row's decoder inputs so far
         for i, order in enumerate(orders):
@@ -53,7 +60,7 @@ def test_cache_through_many_reorders_equals_full_forward(tokenizer):
             token = tgt[rows, i]  # each row's next input: its sentence's target, varied per row below
             token = (token + torch.arange(rows.numel())) % model.config.vocab_size  # rows of one sentence differ
             history = torch.cat([history, token[:, None]], 1)
-            step = model.decode_step(token[:, None], cache).logits[:, 0]  # (N, V)
+            step = dec.decode_step(token[:, None], cache).logits[:, 0]  # (N, V)
             full = model(src[rows], history)[:, -1]  # (N, V) the uncached reference
             torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
         assert cache.spare is not None and cache.self_kv.data_ptr() != cache.spare.data_ptr()
@@ -64,27 +71,24 @@ def test_cache_through_many_reorders_equals_full_forward(tokenizer):
 @pytest.mark.parametrize("rows", [1, 2])
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_fused_single_token_step_equals_modular_step(tokenizer, norm, int8, rows, need_weights):
-    """The fused inference step (weights bound once per run) computes exactly what the layers compute,
-    logits and attention, with padded sources, through a beam-style reorder, in float32 and int8
-    (one-row and batched kernels)."""
-    from tui_translate.linear import set_int8
-
+    """The engine's fused step (weights bound once per run) computes exactly what the layers compute on the
+    same packed weights, logits and attention, with padded sources, through a beam-style reorder, in float32
+    and int8 (one-row and batched kernels)."""
     model = make_model(tokenizer, norm_placement=norm, final_logits_bias=True, activation="gelu")
-    set_int8(model, int8)
+    engine = InferenceEngine(model, "int8" if int8 else "fp32")
+    packed = engine.packed
     src, tgt = _batch(model)
     src, tgt = src[:rows], tgt[:rows]
     with torch.inference_mode():
-        fused = model.start_cache(model.encode(src), capacity=tgt.size(1))
-        modular = model.start_cache(model.encode(src), capacity=tgt.size(1))
-        assert fused.fast_step is not None
-        modular.fast_step = None  # every step through the modules
+        fused = engine.start_cache(engine.encode(src), capacity=tgt.size(1))
+        modular = model.start_cache(model.encode(src, packed=packed), capacity=tgt.size(1), packed=packed)
         for i in range(tgt.size(1)):
             if i == 3:  # beams swap places (rows = 2) or stay (rows = 1)
                 order = torch.arange(rows).flip(0)
                 fused.reorder(order, same_source=rows == 1)
                 modular.reorder(order, same_source=rows == 1)
-            a = model.decode_step(tgt[:, i : i + 1], fused, need_weights)
-            b = model.decode_step(tgt[:, i : i + 1], modular, need_weights)
+            a = engine.decode_step(tgt[:, i : i + 1], fused, need_weights)
+            b = model.decode_step(tgt[:, i : i + 1], modular, need_weights, packed=packed)  # every step through the modules
             assert torch.equal(a.logits, b.logits), (i, (a.logits - b.logits).abs().max())
             if need_weights:
                 assert a.self_attention.shape == (rows, model.config.n_decoder_layers, model.config.n_heads, 1, i + 1)
@@ -92,30 +96,70 @@ def test_fused_single_token_step_equals_modular_step(tokenizer, norm, int8, rows
             else:
                 assert a.self_attention is None and a.cross_attention is None
         assert torch.equal(fused.self_kv[..., : fused.length, :], modular.self_kv[..., : modular.length, :])
-    with torch.enable_grad():  # training never takes the fused step
-        assert model.start_cache(model.encode(src), capacity=4).fast_step is None
+    with torch.enable_grad():  # autograd (training) never takes the packs or the fused step: nn.Linear's arithmetic
+        a = engine.decode_step(tgt[:, :1], engine.start_cache(engine.encode(src), capacity=4)).logits
+        b = model.decode_step(tgt[:, :1], model.start_cache(model.encode(src), capacity=4)).logits
+    assert a.requires_grad and torch.equal(a, b)
 
 
-def test_fused_step_kept_across_runs_follows_weight_and_int8_changes(tokenizer):
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_fused_block_equals_one_token_steps(tokenizer, norm, int8, rows, need_weights):
+    """A block of new tokens (a forced prefix, a draft) computes what one-token steps compute, position by
+    position, logits, attention and the cache: bit for bit in int8 (its kernels treat rows independently), up
+    to the order of additions of the float32 products. That takes the steps' kernels: fbgemm quantizes a whole call's activations with one
+    scale (a block multiplied in one call differed from its steps by about 1e-2 here) and a T-query
+    attention kernel adds up in another order than one query at a time."""
+    model = make_model(tokenizer, norm_placement=norm, final_logits_bias=True, activation="gelu")
+    engine = InferenceEngine(model, "int8" if int8 else "fp32")
+    src, tgt = _batch(model)
+    src, tgt = src[:rows], tgt[:rows]
+    with torch.inference_mode():
+        encoded = engine.encode(src)
+        by_block = engine.start_cache(encoded, capacity=tgt.size(1))
+        by_step = engine.start_cache(encoded, capacity=tgt.size(1))
+        first = engine.decode_step(tgt[:, :2], by_block, need_weights)  # then a block of 4 after 2 positions
+        block = engine.decode_step(tgt[:, 2:6], by_block, need_weights)
+        steps = [engine.decode_step(tgt[:, i : i + 1], by_step, need_weights) for i in range(6)]
+    tol = dict(atol=0, rtol=0) if int8 else dict(atol=1e-5, rtol=0)
+    for got, want in ((first, steps[:2]), (block, steps[2:])):
+        torch.testing.assert_close(got.logits, torch.cat([s.logits for s in want], 1), **tol)
+        if need_weights:
+            torch.testing.assert_close(got.cross_attention, torch.cat([s.cross_attention for s in want], 3), **tol)
+            keys = got.self_attention.size(-1)
+            for t, s in enumerate(want):  # position t sees the cached positions and the block up to itself, nothing later
+                width = s.self_attention.size(-1)
+                torch.testing.assert_close(got.self_attention[..., t : t + 1, :width], s.self_attention, **tol)
+                assert torch.all(got.self_attention[..., t, width:keys] == 0)
+    assert by_block.length == by_step.length == 6
+    torch.testing.assert_close(by_block.self_kv[..., :6, :], by_step.self_kv[..., :6, :], **tol)
+
+
+def test_engine_step_is_kept_across_runs_and_follows_weight_changes(tokenizer):
     """The fused step is bound once and reused by later runs, but never with stale weights: an optimizer
-    step, a state-dict reload, a replaced parameter or the int8 switch all rebind it."""
-    from tui_translate.linear import set_int8
-
+    step, a state-dict reload or a replaced parameter rebinds it. An int8 engine on the same model has packs
+    of its own and leaves the float32 engine's results exactly as they were."""
     model = make_model(tokenizer, final_logits_bias=True)
     other = make_model(tokenizer, final_logits_bias=True, seed=1)
+    engine = InferenceEngine(model)
     src, tgt = _batch(model)
 
-    def fused_and_modular():
+    def fused_and_modular(e=engine):
         with torch.inference_mode():
-            fused = model.start_cache(model.encode(src), capacity=2)
-            modular = model.start_cache(model.encode(src), capacity=2)
-            modular.fast_step = None
-            step = fused.fast_step
-            return step, model.decode_step(tgt[:, :1], fused).logits, model.decode_step(tgt[:, :1], modular).logits
+            fused = e.start_cache(e.encode(src), capacity=2)
+            step = e.fused_step()
+            a = e.decode_step(tgt[:, :1], fused).logits
+            modular = model.start_cache(model.encode(src, packed=e.packed), capacity=2, packed=e.packed)
+            return step, a, model.decode_step(tgt[:, :1], modular, packed=e.packed).logits
 
     first, a, b = fused_and_modular()
     assert torch.equal(a, b)
     assert fused_and_modular()[0] is first  # nothing changed: the same binding
+    int8_step, int8_logits, _ = fused_and_modular(InferenceEngine(model, "int8"))
+    assert int8_step is not first and not torch.equal(int8_logits, a)
+    assert torch.equal(fused_and_modular()[1], a) and fused_and_modular()[0] is first
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model.train()
     torch.nn.functional.cross_entropy(model(src, tgt).flatten(0, 1), tgt.flatten()).backward()
@@ -125,16 +169,31 @@ def test_fused_step_kept_across_runs_follows_weight_and_int8_changes(tokenizer):
         lambda: None,  # the optimizer step above
         lambda: model.load_state_dict(other.state_dict()),
         lambda: setattr(model.decoder_layers[0].ffn.fc2, "bias", torch.nn.Parameter(torch.randn(model.config.d_model))),
-        lambda: set_int8(model, True),
-        lambda: set_int8(model, False),
     ]
-    previous = first
+    previous, before = first, a
     for change in changes:
         change()
         step, a, b = fused_and_modular()
         assert step is not previous
-        assert torch.equal(a, b)
-        previous = step
+        assert torch.equal(a, b) and not torch.equal(a, before)
+        previous, before = step, a
+
+
+def test_cache_truncate_forgets_positions(model):
+    """Positions past a truncation are overwritten by the next append and never read: decoding on equals
+    decoding without them."""
+    src, tgt = _batch(model)
+    with torch.no_grad():
+        cache = model.start_cache(model.encode(src), capacity=tgt.size(1))
+        model.decode_step(tgt[:, :3], cache)
+        wrong = (tgt[:, 3:6] + 5) % model.config.vocab_size
+        model.decode_step(wrong, cache)  # three positions that will be dropped
+        cache.truncate(3)
+        rest = model.decode_step(tgt[:, 3:], cache).logits
+        full = model(src, tgt)[:, 3:]
+    torch.testing.assert_close(rest, full, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError):
+        cache.truncate(cache.length + 1)
 
 
 def test_capture_path_equals_fast_path(model):
@@ -190,3 +249,30 @@ def test_sinusoid_layouts():
 
 def test_tied_embeddings(model):
     assert model.output_proj.weight is model.tgt_embed.weight is model.src_embed.weight
+
+
+def test_translating_stores_nothing_on_the_modules_and_the_cache_holds_only_state(model_dir):
+    """Inference weights live in the translator's engine: after translating (float32 and int8, one sentence and
+    a batch, beam search, a draft) no module of the model has gained an attribute, and a KV cache holds tensors
+    and counters, nothing that computes."""
+    from tui_translate.config import DecodeConfig
+    from tui_translate.translator import Translator
+
+    fp32 = Translator.load(model_dir)
+    int8 = Translator(fp32.loaded, int8=True)
+    model = fp32.model
+
+    def attributes():
+        return [(name, sorted(vars(m)), sorted(m._parameters), sorted(m._buffers)) for name, m in model.named_modules()]
+
+    before = attributes()
+    for t in (fp32, int8):
+        first = t.translate("je suis étudiant")
+        t.translate("je suis étudiant", draft=first.best.token_ids)
+        t.translate("le chat dort", DecodeConfig(strategy="beam", beam_size=3), attention=False)
+        t.translate_batch(["le chat dort", "il est petit"])
+    assert attributes() == before
+    with torch.inference_mode():
+        cache = fp32.engine.start_cache(fp32.engine.encode(torch.tensor([[5, 6, 2]])), capacity=4)
+        fp32.engine.decode_step(torch.tensor([[model.config.decoder_start_id]]), cache)
+    assert all(isinstance(v, (torch.Tensor, int, type(None))) for v in vars(cache).values()), vars(cache)

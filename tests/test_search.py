@@ -233,3 +233,148 @@ def test_decoding_flags_follow_decode_config():
     assert decode_config_from_args(sampled) == DecodeConfig(strategy="sample", temperature=0.5, top_k=4, top_p=0.9, seed=9)
     text = parser.format_help()
     assert f"(default: {DecodeConfig().beam_size})" in text and f"+ {DecodeConfig().max_length_offset}" in text
+
+
+# -- drafts: verified in one pass, never changing the output ------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tui_translate.engine import InferenceEngine  # noqa: E402
+
+
+class CountingDecoder:
+    """A decoder that records how many new tokens per row each decode_step call fed."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.fed = inner, []
+        self.config = inner.config
+
+    def encode(self, src, need_weights=False):
+        return self.inner.encode(src, need_weights)
+
+    def start_cache(self, encoded, capacity):
+        return self.inner.start_cache(encoded, capacity)
+
+    def decode_step(self, tokens, cache, need_weights=False):
+        self.fed.append(tokens.size(1))
+        return self.inner.decode_step(tokens, cache, need_weights)
+
+
+@pytest.fixture(scope="module", params=["model", "fp32", "int8"])
+def decoder(request, model):
+    """The bare model (the oracle) and the inference engine in float32 and int8."""
+    return model if request.param == "model" else InferenceEngine(model, request.param)
+
+
+def assert_same_result(a: SearchDone, b: SearchDone, exact: bool = False) -> None:
+    """Same tokens; same scores, alternatives and attention, bit for bit when `exact`, else up to the rounding
+    of a block's products."""
+    if exact:
+        assert a.steps == b.steps
+        for ha, hb in zip(a.hypotheses, b.hypotheses, strict=True):
+            for x, y in zip(ha, hb, strict=True):
+                for field in ("tokens", "token_logprobs", "score", "finished", "logprob"):
+                    assert getattr(x, field) == getattr(y, field), field
+                for field in ("alt_ids", "alt_logprobs", "cross_attention", "self_attention"):
+                    fx, fy = getattr(x, field), getattr(y, field)
+                    assert (fx is None and fy is None) or torch.equal(fx, fy), field
+    assert a.steps == b.steps
+    for ha, hb in zip(a.hypotheses, b.hypotheses, strict=True):
+        assert [h.tokens for h in ha] == [h.tokens for h in hb]
+        for x, y in zip(ha, hb):
+            assert x.finished == y.finished
+            assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-5)
+            assert x.score == pytest.approx(y.score, abs=1e-5)
+            assert torch.equal(x.alt_ids, y.alt_ids)
+            torch.testing.assert_close(x.alt_logprobs, y.alt_logprobs, atol=1e-5, rtol=0)
+            if x.cross_attention is not None:
+                torch.testing.assert_close(x.cross_attention, y.cross_attention, atol=1e-5, rtol=0)
+                torch.testing.assert_close(x.self_attention, y.self_attention, atol=1e-5, rtol=0)
+    if a.encoder_attention is not None:
+        for x, y in zip(a.encoder_attention, b.encoder_attention):
+            assert torch.equal(x, y)
+
+
+def _draft(data, reference: list[int], vocab: int, eos: int) -> list[int]:
+    """A draft made from the output decoding gives: right, cut, wrong from some position, longer, with an
+    early EOS, with ids outside the vocabulary or ids never generated, or empty or random."""
+    kind = data.draw(st.sampled_from(["right", "cut", "wrong", "longer", "eos", "junk", "random", "empty"]))
+    at = data.draw(st.integers(0, len(reference)))
+    if kind == "right":
+        return list(reference)
+    if kind == "cut":
+        return reference[:at]
+    if kind == "wrong":
+        return reference[:at] + data.draw(st.lists(st.integers(4, vocab - 1), min_size=1, max_size=6))
+    if kind == "longer":
+        return reference[:-1] + data.draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=8))
+    if kind == "eos":
+        return reference[:at] + [eos] + reference[at:]
+    if kind == "junk":
+        return reference[:at] + [data.draw(st.sampled_from([-1, vocab, 10**9, 0, 1]))] + reference[at:]
+    if kind == "random":
+        return data.draw(st.lists(st.integers(0, vocab - 1), max_size=12))
+    return []
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_greedy_with_any_draft_equals_greedy_without(decoder, tokenizer, data):
+    """Greedy decoding with a draft gives what it gives without: tokens, scores, alternatives and attention,
+    whatever the draft (right, cut, wrong, longer than the output, holding EOS or junk ids), on the oracle
+    path and on the engine in float32 and int8 (there bit for bit), one sentence or two, with or without a
+    forced prefix."""
+    texts = data.draw(st.sampled_from([[SOURCES[0]], [SOURCES[3]], [SOURCES[1], SOURCES[2]]]))
+    src = encode(tokenizer, texts)
+    need_weights = data.draw(st.booleans())
+    cfg = DecodeConfig(strategy="greedy", max_length_ratio=data.draw(st.sampled_from([0.5, 1.5])))
+    plain = run(decoder, src, cfg, need_weights=need_weights)
+    reference = plain.hypotheses[0][0].tokens
+    prefix = reference[:1] if data.draw(st.booleans()) else None
+    if prefix:
+        plain = run(decoder, src, cfg, need_weights=need_weights, prefix=prefix)
+    draft = _draft(data, reference, decoder.config.vocab_size, decoder.config.eos_id)[len(prefix or []):]
+    exact = isinstance(decoder, InferenceEngine) and decoder.precision == "int8"
+    assert_same_result(run(decoder, src, cfg, need_weights=need_weights, prefix=prefix, draft=draft), plain, exact)
+
+
+def test_right_draft_takes_one_pass_and_wrong_draft_goes_on_step_by_step(model, tokenizer):
+    """The output as its own draft is verified in one decoder pass; a draft wrong from position k keeps k
+    tokens (and the one computed at k) and decodes the rest one step at a time; the stream shows the tokens
+    taken from the draft in one event, then one event per step."""
+    engine = InferenceEngine(model)
+    src = encode(tokenizer, [SOURCES[3]])
+    cfg = DecodeConfig(strategy="greedy")
+    plain = CountingDecoder(engine)
+    want = run(plain, src, cfg).hypotheses[0][0].tokens
+    assert len(want) >= 5 and want[-1] == tokenizer.eos_id
+    assert plain.fed == [1] * len(want)
+
+    right = CountingDecoder(engine)
+    events = list(search(right, src, cfg, draft=want))
+    assert right.fed == [len(want)]  # the start token and every drafted token, at once: no step after it
+    assert [e for e in events if isinstance(e, SearchStep)] == []
+    assert events[-1].hypotheses[0][0].tokens == want
+
+    k = 2
+    wrong = CountingDecoder(engine)
+    draft = want[:k] + [t for t in range(4, tokenizer.vocab_size) if t != want[k]][:3]
+    events = list(search(wrong, src, cfg, draft=draft))
+    assert wrong.fed == [1 + len(draft)] + [1] * (len(want) - k - 1)
+    partials = [len(e.partial[0]) for e in events if isinstance(e, SearchStep)]
+    assert partials == list(range(k + 1, len(want)))  # the k drafted tokens and the one chosen at k, then one by one
+    assert events[-1].hypotheses[0][0].tokens == want
+
+
+@pytest.mark.parametrize("cfg", [DecodeConfig(strategy="sample", seed=5, temperature=1.3),
+                                 DecodeConfig(strategy="beam", beam_size=3, top_beams=2)])
+def test_sampling_uses_a_draft_and_beam_search_ignores_it(model, tokenizer, cfg):
+    """Sampling (one row per sentence) takes the draft's distributions while it draws the draft's tokens, and
+    draws the same tokens; beam search feeds no draft at all (its other beams need every step anyway)."""
+    engine = InferenceEngine(model)
+    src = encode(tokenizer, SOURCES[2:4])
+    plain = run(engine, src, cfg, need_weights=True)
+    draft = plain.hypotheses[0][0].tokens
+    counting = CountingDecoder(engine)
+    assert_same_result(run(counting, src, cfg, need_weights=True, draft=draft), plain)
+    assert counting.fed[0] == (1 if cfg.strategy == "beam" else len(draft))

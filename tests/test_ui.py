@@ -180,6 +180,7 @@ async def test_picking_an_alternative_redecodes_with_forced_prefix(tmp_path):
         assert new.translation.best.pieces[:2] == ["▁i", "▁maybe"]
         assert new.translation.best.prefix_length == 2
         assert "forced" in new.label
+        assert fake.drafts[-1] == ex.translation.best.token_ids  # the hypothesis it changes, as a draft of the rest
 
 
 async def test_swap_direction(tmp_path):
@@ -269,6 +270,14 @@ async def test_live_mode_translates_while_typing(tmp_path):
         preview = app.query_one("#live-preview")
         await wait_for(pilot, lambda: "the cat" in str(preview.render()))
         assert app.exchanges == []  # live results do not enter the transcript until Enter
+        fake: FakeTranslator = app.translator
+        assert fake.drafts[0] is None  # nothing translated before the first request
+        shown = fake.drafts.copy()
+        await pilot.press(*" dort")
+        await wait_for(pilot, lambda: "sleeps" in str(preview.render()))
+        # the next request had the previous live translation as its draft
+        drafted = [fake.vocab[i] for i in fake.drafts[len(shown)]]
+        assert [p for p in drafted if p != "</s>"] == ["▁the", "▁cat"]
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.exchanges and app.exchanges[-1].status == "done")
 
@@ -631,6 +640,8 @@ async def test_rerun_shows_the_earlier_result_beneath_the_new_one(tmp_path):
             view = app.query_one(f"#ex-{new.id}")
             shown = str(view.query_one(".compare").render())
             assert "greedy" in shown and old.text in shown and new.text != old.text
+        fake: FakeTranslator = app.translator
+        assert fake.drafts[-2:] == [old.translation.best.token_ids for old in app.exchanges[:2]]  # earlier results as drafts
 
 
 async def test_strategy_panel_starts_on_the_active_strategy_and_an_empty_seed_means_random(tmp_path):

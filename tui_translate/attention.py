@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .linear import project
+from .linear import PackedWeights, project
 
 
 def attention_probabilities(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
@@ -76,19 +76,19 @@ class MultiHeadAttention(nn.Module):
         b, h, t, dk = x.shape
         return x.transpose(1, 2).reshape(b, t, h * dk)  # (B, T, D)
 
-    def project_query(self, x: Tensor) -> Tensor:
-        return self.split_heads(project(self, "q", x, self.q_proj))  # (B, H, T, d_k)
+    def project_query(self, x: Tensor, packed: PackedWeights | None = None) -> Tensor:
+        return self.split_heads(project(x, self.q_proj, packed=packed))  # (B, H, T, d_k)
 
-    def project_key_value(self, x: Tensor) -> Tensor:
+    def project_key_value(self, x: Tensor, packed: PackedWeights | None = None) -> Tensor:
         """Keys and values of x stacked, (2, B, H, S, d_k). Cross-attention computes them once per source."""
         b, s, _ = x.shape
-        kv = project(self, "kv", x, self.k_proj, self.v_proj)  # (B, S, 2D)
+        kv = project(x, self.k_proj, self.v_proj, packed=packed)  # (B, S, 2D)
         return kv.view(b, s, 2, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)  # (2, B, H, S, d_k)
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def project_qkv(self, x: Tensor, packed: PackedWeights | None = None) -> tuple[Tensor, Tensor]:
         """Self-attention: queries (B, H, T, d_k) and stacked keys/values (2, B, H, T, d_k), one matrix product."""
         b, t, _ = x.shape
-        qkv = project(self, "qkv", x, self.q_proj, self.k_proj, self.v_proj)  # (B, T, 3D)
+        qkv = project(x, self.q_proj, self.k_proj, self.v_proj, packed=packed)  # (B, T, 3D)
         qkv = qkv.view(b, t, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d_k)
         return qkv[0], qkv[1:]
 
@@ -101,6 +101,7 @@ class MultiHeadAttention(nn.Module):
         *,
         is_causal: bool = False,
         need_weights: bool = False,
+        packed: PackedWeights | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attention over already projected heads.
 
@@ -120,7 +121,7 @@ class MultiHeadAttention(nn.Module):
             context = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=None if is_causal else mask, dropout_p=p, is_causal=is_causal
             )  # (B, H, T, d_k)
-        return project(self, "out", self.merge_heads(context), self.out_proj), weights  # (B, T, D)
+        return project(self.merge_heads(context), self.out_proj, packed=packed), weights  # (B, T, D)
 
     def forward(
         self,
@@ -130,11 +131,13 @@ class MultiHeadAttention(nn.Module):
         *,
         is_causal: bool = False,
         need_weights: bool = False,
+        packed: PackedWeights | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """query: (B, T, D), key_value: (B, S, D) -> (out (B, T, D), weights (B, H, T, S) | None)."""
+        """query: (B, T, D), key_value: (B, S, D) -> (out (B, T, D), weights (B, H, T, S) | None).
+        packed: inference weights to multiply with (None: nn.Linear's arithmetic)."""
         if query is key_value:
-            q, kv = self.project_qkv(query)
+            q, kv = self.project_qkv(query, packed)
         else:
-            q, kv = self.project_query(query), self.project_key_value(key_value)
+            q, kv = self.project_query(query, packed), self.project_key_value(key_value, packed)
         k, v = kv[0], kv[1]
-        return self.attend(q, k, v, mask, is_causal=is_causal, need_weights=need_weights)
+        return self.attend(q, k, v, mask, is_causal=is_causal, need_weights=need_weights, packed=packed)

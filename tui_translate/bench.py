@@ -6,7 +6,9 @@ Hugging Face `transformers` generate() and CTranslate2 (float32 and int8) on the
 Marian format (skipped, with the reason, otherwise). Each library runs in a worker process of its
 own; the parent hands every engine the same blocks of sentences in turn and collects the timings.
 Strategies greedy and beam 5; batch sizes 1 and 32. Batch 1 reports median and p90 ms per
-sentence and the time to the first streamed token; batch 32 reports ms per sentence.
+sentence and the time to the first streamed token; batch 32 reports ms per sentence. Live mode: a
+12-word sentence typed key by key, every prefix translated as the live preview does, with and
+without the previous translation as a draft (`live_mode`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from rich.table import Table
 
 from .atomic import write_text
 from .config import DecodeConfig
+from .engine import InferenceEngine
 from .flags import INT8_DEFAULT
-from .linear import set_int8
 from .search import SearchStep, pad_batch, search
 from .translator import Translator, freeze_startup_objects
 
@@ -81,19 +83,17 @@ class Engine:
 
 def _ours(translator: Translator, attention: bool, int8: bool = False) -> Engine:
     model, tok = translator.model, translator.tokenizer
+    # the translator's engine when it has this precision, else one of the other precision on the same weights
+    engine = translator.engine if translator.int8 == int8 else InferenceEngine(model, "int8" if int8 else "fp32")
 
     def run(src: torch.Tensor, config: DecodeConfig) -> tuple[int, float | None]:
-        set_int8(model, int8)
-        try:
-            start = time.perf_counter()
-            first = None
-            final = None
-            for event in search(model, src, config, need_weights=attention):
-                if first is None and isinstance(event, SearchStep):
-                    first = time.perf_counter() - start
-                final = event
-        finally:
-            set_int8(model, translator.int8)
+        start = time.perf_counter()
+        first = None
+        final = None
+        for event in search(engine, src, config, need_weights=attention):
+            if first is None and isinstance(event, SearchStep):
+                first = time.perf_counter() - start
+            final = event
         return sum(len(h[0].tokens) for h in final.hypotheses), first
 
     return Engine(lambda texts: pad_batch(tok.encode_ids(texts), model.config.pad_id), run)
@@ -299,6 +299,44 @@ def training_throughput(translator: Translator, steps: int = 10, batch: int = 96
     return results
 
 
+# Live mode's replayed sentences, 12 words each, by the model's source language (French for other languages).
+LIVE_SENTENCES = {"fr": "Je voudrais réserver une table pour deux personnes ce soir au restaurant.",
+                  "en": "I would like to book a table for two people tonight, please."}
+
+
+def live_mode(translator: Translator, sentence: str | None = None, replays: int = 5, config: DecodeConfig = DecodeConfig()) -> dict:
+    """Live mode replayed: `sentence` typed key by key, each prefix translated as the live preview translates it
+    (the app's default strategy, no attention kept, the translator's engine) once the previous translation is
+    done, with the previous translation as the draft, and without. Reports the median, over the replays, of the
+    time from the last keystroke to its final translation (the debounce before the request is left out), and of
+    every keystroke's. The two variants alternate from replay to replay after one warm-up replay of each."""
+    sentence = sentence or LIVE_SENTENCES.get(translator.source_lang, LIVE_SENTENCES["fr"])
+    prefixes = [sentence[:i] for i in range(1, len(sentence) + 1) if sentence[:i].strip()]  # live mode skips blank text
+    last: dict[str, list[float]] = {"draft": [], "plain": []}
+    every: dict[str, list[float]] = {"draft": [], "plain": []}
+    outputs: dict[str, list[str]] = {}
+    for replay in range(replays + 1):  # replay 0 warms up
+        for variant in ("draft", "plain") if replay % 2 else ("plain", "draft"):
+            draft, times, texts = None, [], []
+            for text in prefixes:
+                start = time.perf_counter()
+                for event in translator.stream(text, config, attention=False, draft=draft if variant == "draft" else None):
+                    pass
+                times.append(time.perf_counter() - start)
+                draft = event.best.token_ids
+                texts.append(event.text)
+            outputs[variant] = texts
+            if replay:
+                last[variant].append(times[-1])
+                every[variant].extend(times)
+    ms = lambda xs: round(1000 * statistics.median(xs), 2)  # noqa: E731
+    return {"sentence": sentence, "words": len(sentence.split()), "keystrokes": len(prefixes), "replays": replays,
+            "engine": translator.engine.precision, "strategy": config.describe(),
+            "last_key_ms_with_draft": ms(last["draft"]), "last_key_ms_without_draft": ms(last["plain"]),
+            "per_key_ms_with_draft": ms(every["draft"]), "per_key_ms_without_draft": ms(every["plain"]),
+            "same_translations": outputs["draft"] == outputs["plain"]}
+
+
 def app_latency(model_path: Path, text: str) -> dict:
     """Headless app: time to the first painted frame, and keystroke handling while a beam search decodes.
     The app decodes with the threads it uses when launched (`interactive_threads`)."""
@@ -381,12 +419,12 @@ def profile_decoding(translator: Translator, texts: list[str], console: Console)
     for strategy, cfg in STRATEGIES.items():
         inputs = [pad_batch(tok.encode_ids([t]), model.config.pad_id) for t in texts]
         for src in inputs[:3]:  # warm-up
-            for _ in search(model, src, cfg):
+            for _ in search(translator.engine, src, cfg):
                 pass
         def decode_all() -> tuple[float, int]:
             start, steps = time.perf_counter(), 0
             for src in inputs:
-                for event in search(model, src, cfg):
+                for event in search(translator.engine, src, cfg):
                     pass
                 steps += event.steps
             return time.perf_counter() - start, steps
@@ -420,7 +458,7 @@ def profile_decoding(translator: Translator, texts: list[str], console: Console)
 
 
 def run_bench(translator: Translator, texts: list[str], console: Console, batch_sizes=(1, 32), json_path: str | None = None,
-              peers: bool = True, app_check: bool = True, profile: bool = True, block: int = 10) -> dict:
+              peers: bool = True, app_check: bool = True, profile: bool = True, block: int = 10, live: bool = True) -> dict:
     """block: sentences one engine decodes in a row before the next engine takes over (at least one batch).
     Engines then run with their weights in cache, as when translating a document; block=1 interleaves
     every sentence, so each engine starts from caches the previous engine filled."""
@@ -464,12 +502,13 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
         base = measures[("ours-fast", r["strategy"], r["batch"])].row()["median_ms_per_sentence"]
         r["ratio_to_ours_fast"] = round(r["median_ms_per_sentence"] / base, 2) if base else None
     profiled = profile_decoding(translator, texts[:50], console) if profile else None
+    live_report = live_mode(translator) if live else None
     train = training_throughput(translator)
     app = app_latency(translator.path, " ".join(texts[:60])) if app_check else None  # 60 sentences decoded in a row
     report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts), "block": block,
               "default_engine": "ours-int8" if INT8_DEFAULT else "ours-fast",
               "torch": torch.__version__, "rows": rows, "skipped": skipped, "training_tokens_per_s": train, "app": app,
-              "profile": profiled}
+              "profile": profiled, "live": live_report}
     table = Table(title=f"tui-translate bench · {translator.name} · {len(texts)} sentences · {torch.get_num_threads()} threads"
                         f" · blocks of {block} · default engine: ours-{'int8' if INT8_DEFAULT else 'fast'}")
     table.add_column("engine", no_wrap=True, min_width=19)
@@ -486,6 +525,13 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
         console.print("batch 1, least-squares fit of ms per sentence = fixed + per token × output tokens: " + "; ".join(
             f"{r['engine']} {r['strategy']} {r['ms_per_output_token']:.2f} ms/token "
             f"{'-' if r['ms_fixed_per_sentence'] < 0 else '+'} {abs(r['ms_fixed_per_sentence']):.1f} ms" for r in fits))
+    if live_report:
+        lr = live_report
+        console.print(f"live mode ({lr['words']} words typed key by key, {lr['keystrokes']} keystrokes, {lr['strategy']}, "
+                      f"{lr['engine']}, median of {lr['replays']} replays): last keystroke to final translation "
+                      f"{lr['last_key_ms_with_draft']:.1f} ms with the draft, {lr['last_key_ms_without_draft']:.1f} ms without; "
+                      f"every keystroke {lr['per_key_ms_with_draft']:.1f} / {lr['per_key_ms_without_draft']:.1f} ms"
+                      + ("" if lr["same_translations"] else " [red]translations differ with the draft[/]"))
     console.print("training step tokens/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in train.items()))
     if app:
         console.print(f"app: first frame {app['first_frame_ms']:.0f} ms, model ready {app['model_ready_ms']:.0f} ms, "

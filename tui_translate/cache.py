@@ -6,7 +6,9 @@ For every decoder layer the cache keeps (all layers in one tensor per kind)
   of concatenating (no per-step work that grows with the sequence);
 * cross-attention keys/values of the encoder output, computed once per source.
 
-Beam search reorders hypotheses through `reorder(beam_idx)` and nothing else.
+Beam search reorders hypotheses through `reorder(beam_idx)` and nothing else; a draft's rejected
+positions are dropped with `truncate(length)`. The cache holds state only: the computation that fills
+it is the model's (`decode_step`) or the inference engine's.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ class KVCache:
         self.capacity = self_kv.size(4)
         self.spare: Tensor | None = None  # the buffer `reorder` left, reused by the next reorder
         self.length = 0  # target positions already stored
-        self.fast_step = None  # FusedDecoderStep bound by Transformer.start_cache for inference runs, else None
 
     @classmethod
     def create(cls, cross_kv: Tensor, source_mask: Tensor, capacity: int) -> "KVCache":
@@ -57,6 +58,13 @@ class KVCache:
 
     def advance(self, steps: int) -> None:
         self.length += steps
+
+    def truncate(self, length: int) -> None:
+        """Forget the positions from `length` on (a draft's positions past the tokens the search kept): they
+        are overwritten by the next append, and nothing reads past `length`."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.length = length
 
     def reorder(self, index: Tensor, *, same_source: bool = False) -> None:
         """Keep rows `index` (N_new,), e.g. the parent beam of every surviving hypothesis.

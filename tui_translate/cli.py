@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peers", action="store_true", help="measure only this project's engine")
     p.add_argument("--no-app", action="store_true", help="skip the app latency measurement")
     p.add_argument("--no-profile", action="store_true", help="skip the where-the-time-goes profile")
+    p.add_argument("--no-live", action="store_true", help="skip the live-mode replay (a sentence typed key by key, with and "
+                   "without the previous translation as a draft)")
 
     p = sub.add_parser("import-marian", help="convert a Hugging Face Marian (opus-mt) directory into a model directory",
                        description="Convert SRC_DIR (config.json, model.safetensors or pytorch_model.bin, source.spm, target.spm, "
@@ -302,7 +304,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     if not texts:
         raise DataError(f"{args.input}: no sentences to decode")
     run_bench(translator, texts, Console(), tuple(args.batch_sizes), args.json, peers=not args.no_peers, block=args.block,
-              app_check=not args.no_app, profile=not args.no_profile)
+              app_check=not args.no_app, profile=not args.no_profile, live=not args.no_live)
     return 0
 
 
@@ -341,16 +343,13 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .loading import load_model
     from .evaluate import evaluate_pairs
     from .paths import resolve_model
-    from .translator import freeze_startup_objects
+    from .translator import Translator, freeze_startup_objects
     from .quality import numbers_kept, repetition_rate
 
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(resolve_model(args.model, args.direction))
-    if args.int8:  # the default (flags.INT8_DEFAULT); --fp32 keeps float32
-        from .linear import set_int8
-
-        set_int8(loaded.model, True)
+    translator = Translator(loaded, int8=args.int8)  # int8 is the default (flags.INT8_DEFAULT); --fp32 keeps float32
     engine = "int8" if args.int8 else "fp32"
     freeze_startup_objects()
     direction = args.direction or f"{loaded.meta.get('source_lang', 'fr')}-{loaded.meta.get('target_lang', 'en')}"
@@ -362,7 +361,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     with Progress(console=err, disable=not err.is_terminal, transient=True) as progress:
         task = progress.add_task("translating", total=len(pairs))
-        scores, hyps = evaluate_pairs(loaded.model, loaded.tokenizer, pairs, decode_config_from_args(args), args.batch_size,
+        scores, hyps = evaluate_pairs(translator, None, pairs, decode_config_from_args(args), args.batch_size,
                                       progress=lambda n: progress.update(task, completed=n))
     if args.output:
         from .atomic import write_text

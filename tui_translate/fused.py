@@ -1,14 +1,21 @@
-"""The decoder's single-token inference step, with every weight product bound ahead of time.
+"""The decoder's inference step, with every weight product bound ahead of time.
 
 Incremental decoding of one sentence spends more time between matrix products than in them when
 each step goes through the modules: a step of the default model issued about 150 PyTorch calls
 (100 of them views and reshapes) plus a weight-pack check per product. `FusedDecoderStep` runs the
-same arithmetic on 2-D (rows, D) activations with the packed products bound once (`fused_step`, called
-by `Transformer.start_cache`; kept across runs while the weights stay as they are): about 106 calls.
-Same kernels in the same order, so its logits and attention weights equal the modular path's (tests
-assert it, post- and pre-norm, fp32 and int8, fast and capture paths); every one-token step runs it.
+same arithmetic on 2-D (rows, D) activations with the packed products bound once (the inference
+engine binds it and keeps it while the weights stay as they are): about 106 calls. Same kernels in
+the same order, so a one-token step's logits and attention weights equal the modular path's (tests
+assert it, post- and pre-norm, fp32 and int8, fast and capture paths).
 
-Shapes: N rows (sentences × beams), D d_model, H heads, d_k = D / H, S source length, V vocab.
+A block of several new tokens per row (a forced prefix, a draft to verify) runs the same code: every
+product chooses its kernel as for the one-token steps of the same rows (`_Pack.multiply`'s
+step_rows), and attention runs one position at a time over the keys up to it, as those steps do.
+So each position of a block rounds as its one-token step: bit for bit in int8 (the one-row kernels
+treat rows independently), up to the order of additions of the column-block products in float32.
+
+Shapes: N rows (sentences × beams), T new tokens per row, D d_model, H heads, d_k = D / H,
+S source length, V vocab. Activations are (N·T, D), rows ordered (N, T).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from torch import Tensor, nn
 
 from .attention import attention_probabilities
 from .cache import KVCache
-from .linear import bind, int8_enabled, parameter_stamps, stamps_hold
+from .linear import PackedWeights, Product
 
 
 class _Norm:
@@ -35,51 +42,33 @@ class _Norm:
 
 
 class _Layer:
-    def __init__(self, layer: nn.Module, dtype: torch.dtype) -> None:
+    def __init__(self, layer: nn.Module, packed: PackedWeights, dtype: torch.dtype) -> None:
         sa, ca, ffn = layer.self_attn, layer.cross_attn, layer.ffn
-        self.qkv = bind(sa, "qkv", sa.q_proj, sa.k_proj, sa.v_proj, dtype=dtype)  # (N, D) -> (N, 3D)
-        self.self_out = bind(sa, "out", sa.out_proj, dtype=dtype)
-        self.cross_q = bind(ca, "q", ca.q_proj, dtype=dtype)
-        self.cross_out = bind(ca, "out", ca.out_proj, dtype=dtype)
-        self.fc1 = bind(ffn, "fc1", ffn.fc1, dtype=dtype)
-        self.fc2 = bind(ffn, "fc2", ffn.fc2, dtype=dtype)
+        self.qkv: Product = packed.product(sa.q_proj, sa.k_proj, sa.v_proj, dtype=dtype)  # (N·T, D) -> (N·T, 3D)
+        self.self_out: Product = packed.product(sa.out_proj, dtype=dtype)
+        self.cross_q: Product = packed.product(ca.q_proj, dtype=dtype)
+        self.cross_out: Product = packed.product(ca.out_proj, dtype=dtype)
+        self.fc1: Product = packed.product(ffn.fc1, dtype=dtype)
+        self.fc2: Product = packed.product(ffn.fc2, dtype=dtype)
         self.act: Callable[[Tensor], Tensor] = ffn.act
         self.norms = (_Norm(layer.self_attn_res.norm), _Norm(layer.cross_attn_res.norm), _Norm(layer.ffn_res.norm))
 
 
-_STEP = "_fused_decoder_step"
-
-
-def fused_step(model: nn.Module) -> "FusedDecoderStep":
-    """The model's fused step for a new decoding run: the previous run's, unless a parameter, the dtype or
-    the int8 setting changed since it was bound (checking the binding is about ten times cheaper than binding)."""
-    step = model.__dict__.get(_STEP)
-    if step is None or not step.current(model):
-        step = model.__dict__[_STEP] = FusedDecoderStep(model)
-    return step
-
-
 class FusedDecoderStep:
-    """`step(tokens, cache, need_weights)`: logits (N, 1, V) for one new token per row (and the attention
-    weights on the capture path), extending the cache."""
+    """`step(tokens, cache, need_weights)`: logits (N, T, V) for T new tokens per row (and the attention
+    weights on the capture path), extending the cache. Bound to the weights and precision of one
+    `PackedWeights`; `engine.InferenceEngine` rebinds it when a parameter changes."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, packed: PackedWeights) -> None:
         c = model.config
         dtype = model.tgt_embed.weight.dtype
-        # every parameter as bound now: the same object, storage and version means the binding still holds
-        self.int8 = int8_enabled(model)
-        self.stamps = parameter_stamps(model)
         self.d_model, self.n_heads, self.d_head = c.d_model, c.n_heads, c.d_model // c.n_heads
         self.pre = c.norm_placement == "pre"
         self.max_positions = c.max_positions
         self.embedding, self.positions, self.scale = model.tgt_embed.weight, model.positions, model.scale
-        self.layers = [_Layer(layer, dtype) for layer in model.decoder_layers]
+        self.layers = [_Layer(layer, packed, dtype) for layer in model.decoder_layers]
         self.final_norm = _Norm(model.decoder_norm) if self.pre else None
-        self.logits = bind(model, "logits", model.output_proj, extra_bias=model.logits_bias, output_layer=True, dtype=dtype)
-
-    def current(self, model: nn.Module) -> bool:
-        """Still valid for `model`: no parameter replaced, moved or updated in place, same int8 setting."""
-        return int8_enabled(model) == self.int8 and stamps_hold(self.stamps)
+        self.logits: Product = packed.product(model.output_proj, extra_bias=model.logits_bias, output_layer=True, dtype=dtype)
 
     def _sublayer(self, x: Tensor, norm: _Norm, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         """Residual + LayerNorm: post x = LN(x + f(x)), pre x = x + f(LN(x))."""
@@ -88,47 +77,66 @@ class FusedDecoderStep:
         return norm(sublayer(x).add_(x))
 
     def step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """tokens: (N,) the next decoder input of every row.
+        """tokens: (N, T) the next decoder inputs of every row (T = 1 at every step of a search).
 
-        Returns logits (N, 1, V) and, with need_weights, the self-attention (N, L, H, 1, T_past + 1) and
-        cross-attention (N, L, H, 1, S) of the new position (computed explicitly, as the capture path does)."""
+        Returns logits (N, T, V) and, with need_weights, the self-attention (N, L, H, T, T_past + T) and
+        cross-attention (N, L, H, T, S) of the new positions (computed explicitly, as the capture path does)."""
         pos = cache.length
-        if pos + 1 > self.max_positions:
-            raise ValueError(f"sequence of {pos + 1} positions exceeds max_positions={self.max_positions}")
-        n, d, h, dk = tokens.size(0), self.d_model, self.n_heads, self.d_head
+        n, t = tokens.shape
+        if pos + t > self.max_positions:
+            raise ValueError(f"sequence of {pos + t} positions exceeds max_positions={self.max_positions}")
+        d, h, dk, rows = self.d_model, self.n_heads, self.d_head, n * t
         self_ws: list[Tensor] = []
         cross_ws: list[Tensor] = []
 
-        def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, keep: list[Tensor]) -> Tensor:
-            """q (N, H, 1, d_k), k/v (N, H, S, d_k) -> context (N, D), heads concatenated."""
+        def attend_one(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+            """One query per row: q (N, H, 1, d_k), k/v (N, H, S, d_k) -> context (N, H, 1, d_k), weights (N, H, 1, S)."""
             if need_weights:
-                weights = attention_probabilities(q, k, mask)  # (N, H, 1, S)
-                keep.append(weights)
-                ctx = torch.matmul(weights, v)
-            else:
-                ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, 1, d_k)
-            return ctx.reshape(n, d)
+                weights = attention_probabilities(q, k, mask)
+                return torch.matmul(weights, v), weights
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
 
-        x = F.embedding(tokens, self.embedding).mul_(self.scale).add_(self.positions[pos])  # (N, D)
+        def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, keep: list[Tensor], causal: bool) -> Tensor:
+            """q (N, H, T, d_k), k/v (N, H, S, d_k) -> context (N·T, D), heads concatenated. causal: self-attention,
+            position j of a block sees the keys up to itself. A block attends one position at a time, each query
+            over the keys its one-token step sees, so that it rounds exactly as that step does (a T-query kernel
+            adds up in another order)."""
+            if t == 1:  # the hot path: one call, the context a view
+                ctx, weights = attend_one(q, k, v, mask)
+                if weights is not None:
+                    keep.append(weights)
+                return ctx.reshape(n, d)
+            ctxs, ws = [], []
+            for j in range(t):
+                end = pos + j + 1 if causal else k.size(2)
+                ctx, weights = attend_one(q[:, :, j : j + 1], k[:, :, :end], v[:, :, :end], mask)
+                ctxs.append(ctx)
+                if weights is not None:
+                    ws.append(F.pad(weights, (0, k.size(2) - end)))  # later positions of the block: exactly 0
+            if ws:
+                keep.append(torch.cat(ws, 2))  # (N, H, T, S)
+            return torch.cat(ctxs, 2).transpose(1, 2).reshape(rows, d)  # (N, H, T, d_k) -> (N, T, H, d_k) -> (N·T, D)
+
+        x = F.embedding(tokens, self.embedding).mul_(self.scale).add_(self.positions[pos : pos + t]).view(rows, d)  # (N·T, D)
         for i, layer in enumerate(self.layers):
             cross_k, cross_v = cache.cross(i)  # (N, H, S, d_k) each
 
             def self_attention(hx: Tensor, layer=layer, i=i) -> Tensor:
-                qkv = layer.qkv(hx).view(n, 3, h, 1, dk)  # (N, 3, H, 1, d_k): q, k, v of the new position
-                k, v = cache.append(i, qkv[:, 1:].transpose(0, 1))  # new (2, N, H, 1, d_k) stored; all so far (N, H, pos+1, d_k)
-                return layer.self_out(attend(qkv[:, 0], k, v, None, self_ws))
+                qkv = layer.qkv(hx, n).view(n, t, 3, h, dk).permute(2, 0, 3, 1, 4)  # (3, N, H, T, d_k): q, k, v of the new positions
+                k, v = cache.append(i, qkv[1:])  # new (2, N, H, T, d_k) stored; all so far (N, H, pos + T, d_k)
+                return layer.self_out(attend(qkv[0], k, v, None, self_ws, causal=True), n)
 
             def cross_attention(hx: Tensor, layer=layer, cross_k=cross_k, cross_v=cross_v) -> Tensor:
-                q = layer.cross_q(hx).view(n, h, 1, dk)  # (N, H, 1, d_k)
-                return layer.cross_out(attend(q, cross_k, cross_v, cache.cross_mask, cross_ws))
+                q = layer.cross_q(hx, n).view(n, t, h, dk).transpose(1, 2)  # (N, H, T, d_k)
+                return layer.cross_out(attend(q, cross_k, cross_v, cache.cross_mask, cross_ws, causal=False), n)
 
             x = self._sublayer(x, layer.norms[0], self_attention)
             x = self._sublayer(x, layer.norms[1], cross_attention)
-            x = self._sublayer(x, layer.norms[2], lambda hx, layer=layer: layer.fc2(layer.act(layer.fc1(hx))))
-        cache.advance(1)
+            x = self._sublayer(x, layer.norms[2], lambda hx, layer=layer: layer.fc2(layer.act(layer.fc1(hx, n)), n))
+        cache.advance(t)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        logits = self.logits(x).unsqueeze(1)  # (N, 1, V)
+        logits = self.logits(x, n).view(n, t, -1)  # (N, T, V)
         if not need_weights:
             return logits, None, None
-        return logits, torch.stack(self_ws, 1), torch.stack(cross_ws, 1)  # (N, L, H, 1, T) and (N, L, H, 1, S)
+        return logits, torch.stack(self_ws, 1), torch.stack(cross_ws, 1)  # (N, L, H, T, T_past + T) and (N, L, H, T, S)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .attention import MultiHeadAttention
 from .cache import KVCache
 from .config import ModelConfig
-from .linear import project
+from .linear import PackedWeights, project
 
 _ACTIVATIONS = {
     "relu": F.relu,
@@ -58,11 +58,11 @@ class FeedForward(nn.Module):
         self.act = _ACTIVATIONS[activation]
         self.activation_dropout = activation_dropout
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.act(project(self, "fc1", x, self.fc1))  # (B, T, d_ff)
+    def forward(self, x: Tensor, packed: PackedWeights | None = None) -> Tensor:
+        h = self.act(project(x, self.fc1, packed=packed))  # (B, T, d_ff)
         if self.training and self.activation_dropout > 0:
             h = F.dropout(h, self.activation_dropout)
-        return project(self, "fc2", h, self.fc2)  # (B, T, D)
+        return project(h, self.fc2, packed=packed)  # (B, T, D)
 
 
 class _Residual(nn.Module):
@@ -94,12 +94,14 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(config.d_model, config.d_ff, config.activation, config.activation_dropout)
         self.ffn_res = _Residual(config)
 
-    def forward(self, x: Tensor, mask: Tensor | None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x: (B, S, D); mask: (B, 1, 1, S) True at real tokens. Returns x and weights (B, H, S, S) | None."""
+    def forward(self, x: Tensor, mask: Tensor | None, need_weights: bool = False,
+                packed: PackedWeights | None = None) -> tuple[Tensor, Tensor | None]:
+        """x: (B, S, D); mask: (B, 1, 1, S) True at real tokens. Returns x and weights (B, H, S, S) | None.
+        packed: inference weights to multiply with (None: nn.Linear's arithmetic)."""
         h = self.self_attn_res.before(x)
-        attn, weights = self.self_attn(h, h, mask, need_weights=need_weights)
+        attn, weights = self.self_attn(h, h, mask, need_weights=need_weights, packed=packed)
         x = self.self_attn_res.after(x, attn)
-        x = self.ffn_res.after(x, self.ffn(self.ffn_res.before(x)))
+        x = self.ffn_res.after(x, self.ffn(self.ffn_res.before(x), packed))
         return x, weights
 
 
@@ -121,6 +123,7 @@ class DecoderLayer(nn.Module):
         memory: Tensor,
         memory_mask: Tensor | None,
         need_weights: bool = False,
+        packed: PackedWeights | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Full-sequence (training / teacher-forced) pass.
 
@@ -128,16 +131,16 @@ class DecoderLayer(nn.Module):
         Returns x, self weights (B, H, T, T) | None, cross weights (B, H, T, S) | None.
         """
         h = self.self_attn_res.before(x)
-        attn, self_w = self.self_attn(h, h, is_causal=True, need_weights=need_weights)
+        attn, self_w = self.self_attn(h, h, is_causal=True, need_weights=need_weights, packed=packed)
         x = self.self_attn_res.after(x, attn)
         h = self.cross_attn_res.before(x)
-        attn, cross_w = self.cross_attn(h, memory, memory_mask, need_weights=need_weights)
+        attn, cross_w = self.cross_attn(h, memory, memory_mask, need_weights=need_weights, packed=packed)
         x = self.cross_attn_res.after(x, attn)
-        x = self.ffn_res.after(x, self.ffn(self.ffn_res.before(x)))
+        x = self.ffn_res.after(x, self.ffn(self.ffn_res.before(x), packed))
         return x, self_w, cross_w
 
     def step(
-        self, x: Tensor, cache: KVCache, index: int, need_weights: bool = False
+        self, x: Tensor, cache: KVCache, index: int, need_weights: bool = False, packed: PackedWeights | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Incremental pass over T_new new positions, using and extending the cache.
 
@@ -148,20 +151,20 @@ class DecoderLayer(nn.Module):
         t_new = x.size(1)
         past = cache.length
         h = self.self_attn_res.before(x)
-        q, kv_new = self.self_attn.project_qkv(h)  # (N, H, T_new, d_k), (2, N, H, T_new, d_k)
+        q, kv_new = self.self_attn.project_qkv(h, packed)  # (N, H, T_new, d_k), (2, N, H, T_new, d_k)
         k, v = cache.append(index, kv_new)  # (N, H, T_past + T_new, d_k) each
         causal = None
         if t_new > 1:
             causal = torch.ones(t_new, past + t_new, dtype=torch.bool, device=x.device).tril(past)
-        attn, self_w = self.self_attn.attend(q, k, v, causal, need_weights=need_weights)
+        attn, self_w = self.self_attn.attend(q, k, v, causal, need_weights=need_weights, packed=packed)
         x = self.self_attn_res.after(x, attn)
 
         h = self.cross_attn_res.before(x)
-        q = self.cross_attn.project_query(h)  # (N, H, T_new, d_k)
+        q = self.cross_attn.project_query(h, packed)  # (N, H, T_new, d_k)
         cross_k, cross_v = cache.cross(index)  # (N, H, S, d_k) each
-        attn, cross_w = self.cross_attn.attend(q, cross_k, cross_v, cache.cross_mask, need_weights=need_weights)
+        attn, cross_w = self.cross_attn.attend(q, cross_k, cross_v, cache.cross_mask, need_weights=need_weights, packed=packed)
         x = self.cross_attn_res.after(x, attn)
-        x = self.ffn_res.after(x, self.ffn(self.ffn_res.before(x)))
+        x = self.ffn_res.after(x, self.ffn(self.ffn_res.before(x), packed))
         return x, self_w, cross_w
 
 

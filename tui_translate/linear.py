@@ -15,15 +15,14 @@ matrix of the decoder at each step. For such skinny products the layout matters 
 Every private torch API the engine relies on (`_weight_int8pack_mm`, `torch.ops.mkldnn`'s reordered
 linears, tensors' `_version` counters, modules' `_parameters`) is used in this file only.
 
-`project(owner, name, x, *linears)` applies nn.Linear layers that share their input
-(e.g. Q, K and V of self-attention) and returns the concatenated outputs. With
-autograd on (training) it calls each layer as nn.Linear would. With autograd off
-(`torch.inference_mode` / `no_grad`, i.e. decoding) it uses a packed copy: the
-weights concatenated and transposed into one contiguous (D_in, ΣD_out) matrix,
-cached on `owner` and rebuilt whenever a weight changes (an in-place update bumps a
-tensor's version; `.to()` and reloading replace its storage). The parameters, their
-names and the state dict are untouched, so checkpoints and the Marian mapping are
-unaffected.
+`project(x, *linears, packed=...)` applies nn.Linear layers that share their input (e.g. Q, K and V
+of self-attention) and returns the concatenated outputs. Without `packed` (training, autograd, the
+modular oracle), or with autograd on, it calls each layer as nn.Linear would. With a `PackedWeights`
+(inference, owned by `engine.InferenceEngine`) and autograd off it uses a packed copy: the weights
+concatenated and transposed into one contiguous (D_in, ΣD_out) matrix, kept in the `PackedWeights`
+object (never on the modules) and rebuilt whenever a weight changes (an in-place update bumps a
+tensor's version; `.to()` and reloading replace its storage). The parameters, their names and the
+state dict are untouched, so checkpoints and the Marian mapping are unaffected.
 """
 
 from __future__ import annotations
@@ -37,18 +36,8 @@ from torch import Tensor, nn
 
 from .errors import DecodingError
 
-_PACKS = "_inference_packs"
-_INT8 = "_int8_inference"
-
-
-def set_int8(model: nn.Module, enabled: bool) -> None:
-    """Decode with int8 weights (per output channel), like CTranslate2's int8 mode. Several rows: fbgemm's
-    dynamic quantization (activations quantized on the fly). One row (greedy decoding of one sentence):
-    a weight-only int8 kernel on bf16 activations for the hidden layers, which skips fbgemm's per-call
-    activation quantization (costlier than a 256-wide product). Training, autograd and the fp32 path are
-    untouched; switching back is instant (every pack is kept)."""
-    for module in model.modules():
-        module.__dict__[_INT8] = enabled
+# A bound product: (flat (rows, D_in), step_rows) -> (rows, ΣD_out); see `_Pack.multiply`.
+Product = Callable[..., Tensor]
 
 
 def parameter_stamps(model: nn.Module) -> list[tuple]:
@@ -66,9 +55,32 @@ def stamps_hold(stamps: list[tuple]) -> bool:
     return True
 
 
-def int8_enabled(module: nn.Module) -> bool:
-    """Whether `set_int8` switched this module's products to int8."""
-    return bool(module.__dict__.get(_INT8))
+class PackedWeights:
+    """Packed inference copies of one model's linear layers, at one precision.
+
+    int8: decode with int8 weights (per output channel), like CTranslate2's int8 mode. Several rows:
+    fbgemm's dynamic quantization (activations quantized on the fly). One row (greedy decoding of one
+    sentence): a weight-only int8 kernel on bf16 activations for the hidden layers, which skips fbgemm's
+    per-call activation quantization (costlier than a 256-wide product). Training, autograd and the
+    modules are untouched: the packs live here, keyed by the layers they pack."""
+
+    def __init__(self, int8: bool = False) -> None:
+        self.int8 = int8
+        self._packs: dict[tuple, _Pack] = {}  # (linears, output_layer) -> their pack
+
+    def product(self, *linears: nn.Linear, extra_bias: Tensor | None = None, output_layer: bool = False,
+                dtype: torch.dtype = torch.float32) -> Product:
+        """The inference product of `linears` (+ `extra_bias`) on the weights as they are now, as a function of
+        2-D input; see `_Pack.multiply`. Valid while the weights stay as they are (e.g. for one decoding run):
+        the fused decoder step binds its products once per run instead of checking the packs at every call."""
+        key = (linears, output_layer)
+        pack = self._packs.get(key)
+        if pack is None or not pack.valid_for(linears, extra_bias):
+            pack = self._packs[key] = _Pack.build(linears, extra_bias, output_layer)
+        return pack.multiply_int8 if self.int8 and dtype == torch.float32 else pack.multiply
+
+    def packs(self) -> list["_Pack"]:
+        return list(self._packs.values())
 
 
 _ONEDNN_BATCH_HINT = 64  # rows the oneDNN weight layout is tuned for; any row count works
@@ -78,7 +90,13 @@ _W8_ROW = hasattr(torch, "_weight_int8pack_mm")  # weight-only int8 kernel (torc
 
 
 class _Pack:
-    """A packed copy of some layers' parameters, valid while none of them has changed."""
+    """A packed copy of some layers' parameters, valid while none of them has changed.
+
+    `multiply` and `multiply_int8` take `flat` (rows, D_in) and optionally `step_rows`: the rows one decoding
+    step has (N, sentences × beams) when `flat` holds several positions of each row, ordered (N, T) row-major
+    (a forced prefix or a draft fed as one block). The kernel is then chosen as for the one-token steps of N
+    rows, and a kernel whose result depends on the other rows of the call (fbgemm quantizes activations with
+    one scale per call) runs once per position: every position rounds as its one-token step does."""
 
     def __init__(self, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None, weight: Tensor, bias: Tensor | None,
                  output_layer: bool = False) -> None:
@@ -96,12 +114,23 @@ class _Pack:
         self.split: tuple[Tensor, Tensor] | None = None  # column blocks (s, D_in, ΣD_out/s) + bias (s, 1, ΣD_out/s)
         self.w8: tuple[Tensor, Tensor] | None = None  # int8 (ΣD_out, D_in) + bf16 per-row scales, for one-row int8 products
 
-    def multiply_int8(self, flat: Tensor) -> Tensor:
-        """flat: (rows, D_in) float -> (rows, ΣD_out), int8 weights, activations quantized per call."""
-        if flat.size(0) == 1 and _W8_ROW and not self.output_layer:
+    @classmethod
+    def build(cls, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None, output_layer: bool) -> "_Pack":
+        # Normal (not inference-mode) tensors, so the pack is usable inside and outside inference_mode.
+        with torch.inference_mode(False), torch.no_grad():
+            weight = torch.cat([lin.weight for lin in linears]).t().contiguous()  # (D_in, ΣD_out)
+            bias = _bias(linears, extra_bias)  # a new tensor (cat), never a view of a parameter
+        return cls(linears, extra_bias, weight, bias, output_layer)
+
+    def multiply_int8(self, flat: Tensor, step_rows: int | None = None) -> Tensor:
+        """flat: (rows, D_in) float -> (rows, ΣD_out), int8 weights."""
+        rows = flat.size(0)
+        step = step_rows or rows
+        if step == 1 and _W8_ROW and not self.output_layer:
             # One row (greedy decoding of one sentence): weight-only int8 GEMV on bf16 activations, with no
             # per-call quantization work (fbgemm's costs more than the product of a 256-wide layer); not for
-            # the output layer, whose bf16-rounded logits would reorder near-tied words.
+            # the output layer, whose bf16-rounded logits would reorder near-tied words. Its rows are
+            # independent, so a block of one sentence's positions runs in one call.
             if self.w8 is None:
                 w, scales = self._per_channel_scales()
                 with torch.inference_mode(False), torch.no_grad():
@@ -116,7 +145,12 @@ class _Pack:
                 qw = torch.quantize_per_channel(w, scales, torch.zeros(w.size(0), dtype=torch.long), 0, torch.qint8)
                 self.int8 = torch.ops.quantized.linear_prepack(qw, self.bias)
         try:
-            return torch.ops.quantized.linear_dynamic(flat.contiguous(), self.int8, True)
+            if rows == step:
+                return torch.ops.quantized.linear_dynamic(flat.contiguous(), self.int8, True)
+            # activations are quantized with one scale per call: one call per position, as its step would make
+            per_position = flat.view(step, rows // step, flat.size(1)).unbind(1)  # T tensors (N, D_in)
+            outs = [torch.ops.quantized.linear_dynamic(x.contiguous(), self.int8, True) for x in per_position]
+            return torch.stack(outs, 1).view(rows, -1)  # (N, T, ΣD_out) -> (rows, ΣD_out)
         except RuntimeError:
             if bool(torch.isfinite(flat).all()):
                 raise
@@ -143,11 +177,12 @@ class _Pack:
                 return False
         return True
 
-    def multiply(self, flat: Tensor) -> Tensor:
+    def multiply(self, flat: Tensor, step_rows: int | None = None) -> Tensor:
         """flat: (rows, D_in) -> (rows, ΣD_out)."""
         global _onednn_ok
         rows = flat.size(0)
-        if (rows == 1 or not self.output_layer) and self.weight.size(1) % _ROW_SPLITS == 0 and flat.device.type == "cpu":
+        one_row = (step_rows or rows) == 1
+        if (one_row or not self.output_layer) and self.weight.size(1) % _ROW_SPLITS == 0 and flat.device.type == "cpu":
             # Column blocks multiplied as one batched product, which PyTorch spreads over its threads: MKL runs a
             # one-row product on one thread whatever the thread count, and for the decoder's hidden layers this
             # also beats oneDNN at any row count (the 8000-word output layer of several rows does not: oneDNN).
@@ -175,18 +210,6 @@ class _Pack:
         return torch.addmm(self.bias, flat, self.weight)
 
 
-def _packed(owner: nn.Module, name: str, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None, output_layer: bool) -> _Pack:
-    packs = owner.__dict__.setdefault(_PACKS, {})
-    pack = packs.get(name)
-    if pack is None or not pack.valid_for(linears, extra_bias):
-        # Normal (not inference-mode) tensors, so the pack is usable inside and outside inference_mode.
-        with torch.inference_mode(False), torch.no_grad():
-            weight = torch.cat([lin.weight for lin in linears]).t().contiguous()  # (D_in, ΣD_out)
-            bias = _bias(linears, extra_bias)  # a new tensor (cat), never a view of a parameter
-        pack = packs[name] = _Pack(linears, extra_bias, weight, bias, output_layer)
-    return pack
-
-
 def _bias(linears: tuple[nn.Linear, ...], extra_bias: Tensor | None) -> Tensor | None:
     """The layers' biases concatenated (ΣD_out,), plus `extra_bias` (broadcastable to it) if given."""
     if extra_bias is None and all(lin.bias is None for lin in linears):
@@ -195,27 +218,18 @@ def _bias(linears: tuple[nn.Linear, ...], extra_bias: Tensor | None) -> Tensor |
     return bias if extra_bias is None else (bias + extra_bias).reshape(-1)
 
 
-def project(owner: nn.Module, name: str, x: Tensor, *linears: nn.Linear, extra_bias: Tensor | None = None,
+def project(x: Tensor, *linears: nn.Linear, packed: PackedWeights | None = None, extra_bias: Tensor | None = None,
             output_layer: bool = False) -> Tensor:
     """x: (..., D_in) -> concatenated outputs of `linears` (+ `extra_bias`, e.g. Marian's final
     logits bias, folded into the same product), (..., ΣD_out). output_layer: these are the logits
-    (kept in float32 precision by every int8 kernel)."""
-    if torch.is_grad_enabled():
-        # Training: each layer on its own, exactly nn.Linear's arithmetic (a fused product is equal
-        # only up to rounding, enough to send a seeded training run down another trajectory).
+    (kept in float32 precision by every int8 kernel). packed: the inference copies to multiply with
+    (ignored while autograd is on)."""
+    if packed is None or torch.is_grad_enabled():
+        # Training and the oracle: each layer on its own, exactly nn.Linear's arithmetic (a fused product is
+        # equal only up to rounding, enough to send a seeded training run down another trajectory).
         outs = [F.linear(x, lin.weight, lin.bias) for lin in linears]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return out if extra_bias is None else out + extra_bias
-    multiply = bind(owner, name, *linears, extra_bias=extra_bias, output_layer=output_layer, dtype=x.dtype)
+    multiply = packed.product(*linears, extra_bias=extra_bias, output_layer=output_layer, dtype=x.dtype)
     out = multiply(x.reshape(-1, x.size(-1)))  # (rows, ΣD_out)
     return out.view(*x.shape[:-1], out.size(-1))
-
-
-def bind(owner: nn.Module, name: str, *linears: nn.Linear, extra_bias: Tensor | None = None, output_layer: bool = False,
-         dtype: torch.dtype = torch.float32) -> Callable[[Tensor], Tensor]:
-    """The inference product `project` would use now, as a function of 2-D input (rows, D_in) -> (rows, ΣD_out).
-
-    Valid while the weights and the int8 setting stay as they are (e.g. for one decoding run): the
-    fused decoder step binds its products once per run instead of checking the packs at every call."""
-    pack = _packed(owner, name, linears, extra_bias, output_layer)
-    return pack.multiply_int8 if int8_enabled(owner) and dtype == torch.float32 else pack.multiply

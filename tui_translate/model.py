@@ -7,6 +7,10 @@ The model offers three entry points and owns no decoding loop (that is `search.p
   then `decode_step(tokens, cache)` -> logits of the new positions (+ optional attention);
 * `forward(src, tgt_in)` -> logits for teacher-forced training.
 
+Each runs through the modules with nn.Linear's arithmetic: the path training differentiates and the
+oracle the tests hold the inference engine to. Decoding for users goes through `engine.InferenceEngine`,
+which offers the same three calls on packed weights (passed here as `packed`) and a fused decoder step.
+
 Shapes: B batch, S source length, T target length, D d_model, H heads, L layers, V vocab.
 """
 
@@ -21,9 +25,8 @@ from torch import Tensor, nn
 from .attention import key_padding_mask
 from .cache import KVCache
 from .config import ModelConfig
-from .fused import fused_step
 from .layers import DecoderLayer, EncoderLayer, embedding_scale, sinusoidal_positions
-from .linear import project
+from .linear import PackedWeights, project
 
 
 @dataclass
@@ -93,72 +96,68 @@ class Transformer(nn.Module):
             x = F.dropout(x, self.config.dropout)
         return x
 
-    def logits(self, h: Tensor) -> Tensor:
+    def logits(self, h: Tensor, packed: PackedWeights | None = None) -> Tensor:
         """Final linear layer: (…, D) -> (…, V). Softmax is applied by the caller (loss or search)."""
-        return project(self, "logits", h, self.output_proj, extra_bias=self.logits_bias, output_layer=True)  # (…, V)
+        return project(h, self.output_proj, packed=packed, extra_bias=self.logits_bias, output_layer=True)  # (…, V)
 
     # -- encoder ------------------------------------------------------------------------------
-    def encode(self, src: Tensor, need_weights: bool = False) -> EncoderOutput:
+    def encode(self, src: Tensor, need_weights: bool = False, packed: PackedWeights | None = None) -> EncoderOutput:
         """src: (B, S) token ids, padded with pad_id. Returns memory (B, S, D) and optionally
-        the encoder self-attention of every layer stacked as (B, L, H, S, S)."""
+        the encoder self-attention of every layer stacked as (B, L, H, S, S).
+        packed (here and below): inference weights to multiply with (None: nn.Linear's arithmetic)."""
         source_mask = src.ne(self.config.pad_id)  # (B, S)
         mask = key_padding_mask(source_mask)  # (B, 1, 1, S) | None
         x = self._embed(self.src_embed, src)
         weights = []
         for layer in self.encoder_layers:
-            x, w = layer(x, mask, need_weights)
+            x, w = layer(x, mask, need_weights, packed)
             weights.append(w)
         x = self.encoder_norm(x)
         stacked = torch.stack(weights, dim=1) if need_weights else None  # (B, L, H, S, S)
         return EncoderOutput(x, source_mask, stacked)
 
     # -- incremental decoder --------------------------------------------------------------------
-    def start_cache(self, encoded: EncoderOutput, capacity: int) -> KVCache:
+    def start_cache(self, encoded: EncoderOutput, capacity: int, packed: PackedWeights | None = None) -> KVCache:
         """Compute the cross-attention keys/values once (all layers in one product) and allocate the
         self-attention buffers."""
         c = self.config
         n, s, _ = encoded.memory.shape
         projections = [lin for layer in self.decoder_layers for lin in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
-        kv = project(self, "cross_kv", encoded.memory, *projections)  # every layer's keys and values in one product, (N, S, L*2*D)
+        kv = project(encoded.memory, *projections, packed=packed)  # every layer's keys and values in one product, (N, S, L*2*D)
         kv = kv.view(n, s, c.n_decoder_layers, 2, c.n_heads, c.d_model // c.n_heads)  # (N, S, L, 2, H, d_k)
         cross = kv.permute(2, 3, 0, 4, 1, 5).contiguous()  # (L, 2, N, H, S, d_k)
-        cache = KVCache.create(cross, encoded.source_mask, capacity)
-        if not self.training and not torch.is_grad_enabled():
-            cache.fast_step = fused_step(self)  # weights bound for one-token steps (kept while they stay the same)
-        return cache
+        return KVCache.create(cross, encoded.source_mask, capacity)
 
-    def decode_step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> StepOutput:
-        """tokens: (N, T_new) the next decoder inputs (usually T_new = 1; a forced prefix feeds
-        several at once). Returns logits (N, T_new, V) and, on the capture path, the self-attention
-        (N, L, H, T_new, T_past+T_new) and cross-attention (N, L, H, T_new, S) of the new positions.
-        One token runs the fused step bound by `start_cache`."""
-        if tokens.size(1) == 1 and cache.fast_step is not None:
-            return StepOutput(*cache.fast_step.step(tokens[:, 0], cache, need_weights))
+    def decode_step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False,
+                    packed: PackedWeights | None = None) -> StepOutput:
+        """tokens: (N, T_new) the next decoder inputs (usually T_new = 1; a forced prefix or a draft
+        feeds several at once). Returns logits (N, T_new, V) and, on the capture path, the self-attention
+        (N, L, H, T_new, T_past+T_new) and cross-attention (N, L, H, T_new, S) of the new positions."""
         x = self._embed(self.tgt_embed, tokens, offset=cache.length)  # (N, T_new, D)
         self_ws, cross_ws = [], []
         for i, layer in enumerate(self.decoder_layers):
-            x, sw, cw = layer.step(x, cache, i, need_weights)
+            x, sw, cw = layer.step(x, cache, i, need_weights, packed)
             self_ws.append(sw)
             cross_ws.append(cw)
         cache.advance(tokens.size(1))
-        logits = self.logits(self.decoder_norm(x))  # (N, T_new, V)
+        logits = self.logits(self.decoder_norm(x), packed)  # (N, T_new, V)
         if not need_weights:
             return StepOutput(logits)
         return StepOutput(logits, torch.stack(self_ws, 1), torch.stack(cross_ws, 1))
 
     # -- teacher forcing ----------------------------------------------------------------------
     def decode(
-        self, tgt_in: Tensor, encoded: EncoderOutput, need_weights: bool = False
+        self, tgt_in: Tensor, encoded: EncoderOutput, need_weights: bool = False, packed: PackedWeights | None = None
     ) -> StepOutput:
         """Full teacher-forced decoder pass. tgt_in: (B, T) starting with decoder_start_id."""
         x = self._embed(self.tgt_embed, tgt_in)  # (B, T, D)
         mask = key_padding_mask(encoded.source_mask)  # (B, 1, 1, S) | None
         self_ws, cross_ws = [], []
         for layer in self.decoder_layers:
-            x, sw, cw = layer(x, encoded.memory, mask, need_weights)
+            x, sw, cw = layer(x, encoded.memory, mask, need_weights, packed)
             self_ws.append(sw)
             cross_ws.append(cw)
-        logits = self.logits(self.decoder_norm(x))  # (B, T, V)
+        logits = self.logits(self.decoder_norm(x), packed)  # (B, T, V)
         if not need_weights:
             return StepOutput(logits)
         return StepOutput(logits, torch.stack(self_ws, 1), torch.stack(cross_ws, 1))

@@ -26,7 +26,9 @@ class TranslatorLike(Protocol):
         ...
 
     def stream(self, text: str, config: DecodeConfig = ..., attention: bool = True, prefix: list[int] | None = None,
-               cancelled: Callable[[], bool] | None = None) -> Iterator[PartialTranslation | Translation]:
+               cancelled: Callable[[], bool] | None = None, draft: list[int] | str | None = None,
+               ) -> Iterator[PartialTranslation | Translation]:
         """Partial translations after each decoding step, then the Translation; raises Cancelled when
-        `cancelled()` turns true."""
+        `cancelled()` turns true. `draft`: a guess of the output (ids or text) that may make it faster and
+        never changes it."""
         ...

@@ -1,10 +1,10 @@
 """Decoding strategies: greedy, beam search and sampling, as one step loop.
 
-The model offers `encode`, `start_cache` and `decode_step`; this module owns the
-loop. Every strategy keeps K rows per sentence (K = 1 for greedy and sampling) and
-has one `step(StepInput) -> Choice`: from the rows' scores and log-probabilities it
-returns the new scores, tokens and parent rows (as fairseq's search.py does), and
-files the hypotheses that ended. The shared loop handles batching, a forced target
+The model (or the inference engine, `engine.py`) offers `encode`, `start_cache` and
+`decode_step`; this module owns the loop. Every strategy keeps K rows per sentence (K = 1
+for greedy and sampling) and has one `step(StepInput) -> Choice`: from the rows' scores
+and log-probabilities it returns the new scores, tokens and parent rows (as fairseq's
+search.py does), and files the hypotheses that ended. The shared loop handles batching, a forced target
 prefix, the top-k alternatives at every position, attention capture, sentences
 leaving the batch and the ancestry tracing.
 
@@ -17,9 +17,24 @@ A sentence that is done leaves the batch at once (its rows are dropped from the 
 every per-row tensor), so a batch costs as many steps as its longest sentence and each step only
 computes the rows still decoding.
 
+Drafts. A decoding step is memory-bound: it streams every decoder weight to compute one token per row.
+When a guess of the output exists (the previous translation in live mode, an earlier translation of
+the same text, the rest of a hypothesis after a forced alternative), the first pass feeds it after the
+start token and the forced prefix as one block, which computes the distribution at every drafted
+position in one pass over the weights. The strategy then chooses every token from those
+distributions exactly as it would without a draft; while every row chose the draft's token the next
+distribution is already there and no step runs; at the first token off the draft the cache is
+truncated to the positions kept and decoding goes on step by step. The output is the one decoding
+without the draft gives (tokens, scores, alternatives, attention): bit for bit with int8 weights, and
+in float32 up to the order of additions inside the block's products, which could only decide a tie
+to the last bits (the engine's block computes each position as its one-token step would; fused.py). Greedy and
+sampling use drafts. Beam search ignores them: its other beams need a step at every position anyway,
+so a draft could not save a pass over the weights (its forced prefix is fed in one block already).
+
 `search()` is a generator: it yields a `SearchStep` after every decoding step
-(the best partial hypothesis of each sentence, so a UI can show it growing) and
-finally one `SearchDone`. Stop iterating to cancel.
+(the best partial hypothesis of each sentence, so a UI can show it growing; tokens taken from a
+draft arrive in one step, with the first token computed after them) and finally one `SearchDone`.
+Stop iterating to cancel.
 """
 
 from __future__ import annotations
@@ -34,8 +49,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import DecodeConfig
+from .engine import InferenceEngine
 from .errors import DecodingError
 from .model import StepOutput, Transformer
+
+# What the search decodes with: the inference engine (how users' text is decoded) or the bare model (the
+# modules with nn.Linear's arithmetic, the oracle); both offer config, encode, start_cache and decode_step.
+Decoder = InferenceEngine | Transformer
 
 
 @dataclass
@@ -105,7 +125,7 @@ def pad_batch(ids: list[list[int]], pad_id: int) -> Tensor:
 
 
 def search_in_batches(
-    model: Transformer, sources: list[list[int]], config: DecodeConfig, batch_size: int = 32, need_weights: bool = False
+    model: Decoder, sources: list[list[int]], config: DecodeConfig, batch_size: int = 32, need_weights: bool = False
 ) -> Iterator[tuple[list[int], SearchDone, float]]:
     """Decode many sources, `batch_size` at a time, sentences of similar length together (less padding).
 
@@ -128,7 +148,7 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def _banned_ids(model: Transformer) -> list[int]:
+def _banned_ids(model: Decoder) -> list[int]:
     c = model.config
     return sorted({c.pad_id, c.decoder_start_id, c.bos_id} - {c.eos_id})
 
@@ -303,19 +323,39 @@ class Beam:
 STRATEGY_CLASSES = {"greedy": Greedy, "beam": Beam, "sample": Sample}
 
 
+def draft_tokens(draft: list[int] | None, config, limit: int) -> list[int]:
+    """The part of `draft` worth feeding: its tokens before its first EOS (no position follows an EOS) or
+    first id outside the vocabulary, at most `limit` (positions after the last the sentence may have
+    are never read)."""
+    out: list[int] = []
+    for tok in draft or []:
+        if len(out) >= limit or tok == config.eos_id or not 0 <= tok < config.vocab_size:
+            break
+        out.append(int(tok))
+    return out
+
+
+def _rows(out: StepOutput, index: Tensor) -> StepOutput:
+    """The rows `index` (N_new,) of every tensor of a decoder output."""
+    return StepOutput(*(None if t is None else t.index_select(0, index) for t in (out.logits, out.self_attention, out.cross_attention)))
+
+
 @torch.inference_mode()
 def search(
-    model: Transformer,
+    model: Decoder,
     src: Tensor,
     config: DecodeConfig,
     prefix: list[int] | None = None,
     need_weights: bool = False,
+    draft: list[int] | None = None,
 ) -> Iterator[SearchStep | SearchDone]:
     """Decode a batch of sources.
 
     src: (B, S) ids padded with pad_id (each row ends with EOS before padding).
     prefix: target ids forced at the start of every sentence's translation.
     need_weights: capture cross / decoder-self / encoder-self attention.
+    draft: target ids expected after the prefix (a guess of the output, such as an earlier translation of a
+    similar text): verified in one pass, never forced (see the module docstring); beam search ignores it.
     """
     mc = model.config
     device = src.device
@@ -331,6 +371,8 @@ def search(
         raise DecodingError(f"forced prefix of {len(prefix)} tokens does not fit the model's {mc.max_positions} positions")
     max_new = [min(config.max_length(int(s), mc.max_positions), room) for s in src_len.tolist()]
     capacity = len(prefix) + max(max_new) + 1
+    # A draft token is fed as the input of the position after it: the last position a sentence may fill needs none.
+    drafted = draft_tokens(draft, mc, max(max_new) - 1) if k_beam == 1 else []
 
     encoded = model.encode(src, need_weights=need_weights)
     cache = model.start_cache(encoded, capacity)  # one row per sentence until the first step is taken
@@ -350,21 +392,21 @@ def search(
     # 2K others of its own row is beaten by them overall), so it ranks K * 2K candidates instead of K * V.
     n_top = min(max(n_alt, strategy.candidates), mc.vocab_size)
 
-    def record(out, t_index: int, logp: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep position t_index's alternatives (and attention); return the rows' best (log-probs, ids), (N, n_top) each."""
+    def record(out: StepOutput, t_index: int, logp: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep the next position's alternatives (and attention), read at index t_index of `out`'s new positions;
+        return the rows' best (log-probs, ids), (N, n_top) each."""
+        position = len(hist.alt_ids)
         logp.index_fill_(-1, banned, float("-inf"))  # ids never generated; in place: nothing reads these ids later
         top_lp, top_ids = torch.topk(logp, n_top, dim=-1)  # (N, n_top)
         # topk ranks NaN first, so a NaN anywhere in a row (or a row with nothing finite) shows in its best entry
         if not bool(torch.isfinite(top_lp[:, 0]).all()):
-            raise DecodingError(f"the model produced non-finite log-probabilities at target position {len(hist.alt_ids)} "
+            raise DecodingError(f"the model produced non-finite log-probabilities at target position {position} "
                                 "(NaN or infinite weights or config values); no translation")
         hist.alt_ids.append(top_ids[:, :n_alt])
         hist.alt_lp.append(top_lp[:, :n_alt])
         if need_weights:
-            t_new = out.logits.size(1)
             hist.cross.append(out.cross_attention[:, :, :, t_index])  # (N, L, H, S)
-            keys = cache.length - (t_new - 1 - t_index)
-            hist.self_.append(out.self_attention[:, :, :, t_index, :keys])  # (N, L, H, p+1)
+            hist.self_.append(out.self_attention[:, :, :, t_index, : position + 1])  # (N, L, H, p+1): inputs 0..p
         return top_lp, top_ids
 
     def select(parent: Tensor, token: Tensor, chosen_lp: Tensor) -> None:
@@ -372,25 +414,25 @@ def search(
         hist.token.append(token)
         hist.chosen_lp.append(chosen_lp)
 
-    # -- forced prefix (and the first step): feed [start, p1..pP] at once -------------------------
+    # -- the first pass: [start, p1..pP, d1..dD] at once (forced prefix, draft) ---------------------------
     # Every beam of a sentence starts from the same inputs, so this runs on one row per sentence; the rows
     # (cache, cross-attention keys/values and outputs) are then copied to the K beams.
-    inputs = torch.tensor([[mc.decoder_start_id] + prefix], device=device).expand(b, -1)  # (B, P+1)
-    out = model.decode_step(inputs, cache, need_weights)
+    inputs = torch.tensor([[mc.decoder_start_id] + prefix + drafted], device=device).expand(b, -1)  # (B, 1+P+D)
+    block = model.decode_step(inputs, cache, need_weights)  # position j's distribution at index j
     if k_beam > 1:
         beams = torch.arange(b, device=device).repeat_interleave(k_beam)  # (N,) row -> its sentence
         cache.reorder(beams)
-        out = StepOutput(*(None if t is None else t.index_select(0, beams) for t in (out.logits, out.self_attention, out.cross_attention)))
-    logp_all = F.log_softmax(out.logits.float(), dim=-1)  # (N, P+1, V)
+        block = _rows(block, beams)
+    block_logp = F.log_softmax(block.logits.float(), dim=-1)  # (N, 1+P+D, V)
     for j, tok in enumerate(prefix):
-        record(out, j, logp_all[:, j])
+        record(block, j, block_logp[:, j])
         tok_t = torch.full((n,), tok, dtype=torch.long, device=device)
-        select(torch.arange(n, device=device), tok_t, logp_all[:, j, tok])
+        select(torch.arange(n, device=device), tok_t, block_logp[:, j, tok])
         beam_scores = beam_scores + hist.chosen_lp[-1]
         seq = torch.cat([seq, tok_t[:, None]], 1)
-    raw_logits = out.logits[:, -1].float()  # (N, V)
-    logp = logp_all[:, -1]  # (N, V)
-    row_lp, row_ids = record(out, len(prefix), logp)
+    raw_logits = block.logits[:, len(prefix)].float()  # (N, V)
+    logp = block_logp[:, len(prefix)]  # (N, V)
+    row_lp, row_ids = record(block, len(prefix), logp)
 
     alive = list(range(b))  # sentences still decoding; row r belongs to alive[r // K]
     last_partial: list[list[int]] = [[] for _ in range(b)]  # final partial of sentences already done
@@ -423,13 +465,27 @@ def search(
         beam_scores = new_scores
         if not alive:
             break
-        partial = list(last_partial)
-        for bi, row in enumerate(seq[::k_beam].tolist()):  # row bi * K: the best live hypothesis of its sentence
-            partial[alive[bi]] = row
-        yield SearchStep(step, partial)
+        # Every row chose the draft's token: the first pass computed the next position's distribution already.
+        i_draft = position - len(prefix)  # the draft's index at this position
+        follows_draft = i_draft < len(drafted) and bool(token.eq(drafted[i_draft]).all())
+        if not follows_draft:  # tokens taken from the draft show with the first one computed after them
+            partial = list(last_partial)
+            for bi, row in enumerate(seq[::k_beam].tolist()):  # row bi * K: the best live hypothesis of its sentence
+                partial[alive[bi]] = row
+            yield SearchStep(step, partial)
 
         if choice.reorder or dropped:
             cache.reorder(parent, same_source=not dropped)
+        if follows_draft:
+            if dropped:
+                block, block_logp = _rows(block, parent), block_logp.index_select(0, parent)
+            raw_logits = block.logits[:, position + 1].float()
+            logp = block_logp[:, position + 1]
+            row_lp, row_ids = record(block, position + 1, logp)
+            continue
+        if block is not None:  # off the draft (or past its end): the first pass is used up
+            cache.truncate(position + 1)  # the draft's positions past the tokens kept are forgotten
+            drafted, block, block_logp = [], None, None
         out = model.decode_step(token[:, None], cache, need_weights)
         raw_logits = out.logits[:, -1].float()
         logp = F.log_softmax(raw_logits, dim=-1)  # (N, V)

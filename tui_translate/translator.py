@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import LoadedModel
 from .config import DecodeConfig, ModelConfig
-from .linear import int8_enabled, set_int8
+from .engine import InferenceEngine
 from .loading import load_model
 from .model import Transformer
 from .results import Alternative, AttentionMaps, Cancelled, Hypothesis, InputTooLong, PartialTranslation, Translation
@@ -41,7 +41,8 @@ class Translator:
         self.model = loaded.model.eval()
         self.tokenizer = loaded.tokenizer
         self.int8 = int8
-        set_int8(self.model, int8)
+        # the decoding weights (packed, int8 when asked) and the fused decoder step: the model itself stays as loaded
+        self.engine = InferenceEngine(self.model, "int8" if int8 else "fp32")
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 0, int8: bool = False) -> "Translator":
@@ -50,10 +51,10 @@ class Translator:
         return cls(load_model(path), threads, int8)
 
     @classmethod
-    def for_model(cls, model: Transformer, tokenizer: Tokenizer, name: str = "model") -> "Translator":
-        """A translator over a model in memory (training validation), keeping its current int8 setting."""
+    def for_model(cls, model: Transformer, tokenizer: Tokenizer, name: str = "model", int8: bool = False) -> "Translator":
+        """A translator over a model in memory (training validation)."""
         loaded = LoadedModel(model, tokenizer, model.config, Path(name), {"name": name})
-        return cls(loaded, int8=int8_enabled(model))
+        return cls(loaded, int8=int8)
 
     # -- description --------------------------------------------------------------------------
     @property
@@ -113,10 +114,16 @@ class Translator:
         attention: bool = True,
         prefix: list[int] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        draft: list[int] | str | None = None,
     ) -> Iterator[PartialTranslation | Translation]:
         """Translate one text, yielding a `PartialTranslation` after every decoding step and the
         final `Translation` last. `prefix`: target ids forced at the start. `cancelled()` is polled
-        between steps; when it answers True the stream raises `Cancelled`."""
+        between steps; when it answers True the stream raises `Cancelled`.
+
+        `draft`: a guess of the whole output, as target ids (e.g. an earlier `Hypothesis.token_ids`) or text
+        (e.g. the previous live translation): the positions the prefix forces are skipped and the rest is
+        verified in one pass (search.py's drafts). The result is the one translating without it; greedy
+        and sampling are faster when the guess is right, beam search ignores it."""
         start = time.perf_counter()
         self.check_length(text)
         enc = self._encode(text)
@@ -126,7 +133,8 @@ class Translator:
         src = torch.tensor([enc.ids], dtype=torch.long)
         first_token = None
         final = None
-        for event in search(self.model, src, config, prefix=prefix, need_weights=attention):
+        guess = self._draft_ids(draft)[len(prefix or []):]
+        for event in search(self.engine, src, config, prefix=prefix, need_weights=attention, draft=guess):
             if cancelled is not None and cancelled():
                 raise Cancelled()
             if isinstance(event, SearchStep):
@@ -141,9 +149,10 @@ class Translator:
         elapsed = time.perf_counter() - start
         yield self._translation(text, enc, final, 0, config, elapsed, first_token if first_token is not None else elapsed, prefix)
 
-    def translate(self, text: str, config: DecodeConfig = DecodeConfig(), attention: bool = True, prefix: list[int] | None = None) -> Translation:
+    def translate(self, text: str, config: DecodeConfig = DecodeConfig(), attention: bool = True, prefix: list[int] | None = None,
+                  draft: list[int] | str | None = None) -> Translation:
         result = None
-        for result in self.stream(text, config, attention, prefix):
+        for result in self.stream(text, config, attention, prefix, draft=draft):
             pass
         assert isinstance(result, Translation)
         return result
@@ -187,7 +196,7 @@ class Translator:
             else:
                 encoded.append((i, enc))
         done = 0
-        for rows, final, seconds in search_in_batches(self.model, [e.ids for _, e in encoded], config, batch_size, attention):
+        for rows, final, seconds in search_in_batches(self.engine, [e.ids for _, e in encoded], config, batch_size, attention):
             for row, k in enumerate(rows):
                 i, enc = encoded[k]
                 results[i] = self._translation(texts[i], enc, final, row, config, seconds / len(rows), None, None)
@@ -197,6 +206,11 @@ class Translator:
         return results  # type: ignore[return-value]
 
     # -- helpers ------------------------------------------------------------------------------
+    def _draft_ids(self, draft: list[int] | str | None) -> list[int]:
+        if isinstance(draft, str):
+            return self.tokenizer.encode_target_ids([draft])[0] if draft.strip() else []
+        return list(draft or [])
+
     def _encode(self, text: str) -> Encoded | None:
         if not self.tokenizer.normalize(text).strip():
             return None

@@ -134,8 +134,12 @@ class AppActions:
         if not text:
             self.notify("Nothing to re-translate yet.", timeout=2)
             return
-        earlier = {e.source: (e.label, e.text) for e in self.exchanges if e.text and e.status in ("done", "restored")}
-        self.translate(text, compare=earlier)  # the latest result for each sentence
+        earlier = [e for e in self.exchanges if e.text and e.status in ("done", "restored")]
+        # the latest result for each sentence, shown beneath the new one and handed to the decoder as a draft
+        # (its token ids when this model made it, else its text)
+        model = self.translator.name if self.translator is not None else None
+        drafts = {e.source: e.translation.best.token_ids if e.has_tokens() and e.model == model else e.text for e in earlier}
+        self.translate(text, compare={e.source: (e.label, e.text) for e in earlier}, drafts=drafts)
 
     def action_retranslate(self, exchange_id: int) -> None:
         """Translate a restored exchange again, with the model that made it when it is available (an English

@@ -31,7 +31,7 @@ from .commands import HubModelCommands, app_commands
 from .messages import ModelDownload, ModelFailed, ModelLoaded, TokenSelected, TranslationDone, TranslationFailed, TranslationProgress
 from .models import hub_ref, language_pair, model_key, model_label
 from .screens.main import MainScreen
-from .requests import Exchange, GcPolicy, Pending, ProgressSlot, RequestTracker, decode_request, resolve_seed
+from .requests import Draft, Exchange, GcPolicy, Pending, ProgressSlot, RequestTracker, decode_request, resolve_seed
 from .store import Store
 from .widgets.inspector import Inspector
 from .widgets.live import LivePreview
@@ -303,9 +303,10 @@ class TranslateApp(AppActions, App):
             self.translate(text)
 
     def translate(self, text: str, config: DecodeConfig | None = None, prefix: list[int] | None = None, note: str = "",
-                  compare: dict[str, tuple[str, str]] | None = None) -> list[Exchange]:
+                  compare: dict[str, tuple[str, str]] | None = None, drafts: dict[str, Draft] | None = None) -> list[Exchange]:
         """Add exchanges for `text` (one per sentence) and start decoding them in order; queued until the
-        model is loaded. compare: source -> (label, text) of an earlier result, shown beneath the new one."""
+        model is loaded. compare: source -> (label, text) of an earlier result, shown beneath the new one.
+        drafts: source -> a guess of its translation (an earlier one), which makes decoding faster where right."""
         if self._no_model():
             return []
         config = resolve_seed(config or self.decode_config)
@@ -323,21 +324,24 @@ class TranslateApp(AppActions, App):
         model = self.translator.name if self.translator is not None else model_label(self.model_path)
         exchanges = self.requests.new_exchanges(segments, config, model, note, compare)
         self.transcript.show(exchanges)
+        request = Pending(exchanges, config, prefix, dict(drafts or {}))
         if self.translator is None:
-            self.requests.queue(Pending(exchanges, config, prefix))
+            self.requests.queue(request)
         else:
-            self._start(Pending(exchanges, config, prefix))
+            self._start(request)
         return exchanges
 
     def _start(self, request: Pending) -> None:
         request_id = self.requests.start(request.exchanges)
         for ex in request.exchanges:
             ex.model = self.translator.name
-        self.decode(request_id, self.translator, [ex.source for ex in request.exchanges], request.config, request.prefix)
+        self.decode(request_id, self.translator, [ex.source for ex in request.exchanges], request.config, request.prefix,
+                    request.drafts)
 
     @work(thread=True, exclusive=True, group="decode")
-    def decode(self, request_id: int, translator: TranslatorLike, texts: list[str], config: DecodeConfig, prefix: list[int] | None) -> None:
-        decode_request(self.post_message, get_current_worker(), request_id, translator, texts, config, prefix, self.progress)
+    def decode(self, request_id: int, translator: TranslatorLike, texts: list[str], config: DecodeConfig, prefix: list[int] | None,
+               drafts: dict[str, Draft] | None = None) -> None:
+        decode_request(self.post_message, get_current_worker(), request_id, translator, texts, config, prefix, self.progress, drafts)
 
     def on_translation_progress(self, message: TranslationProgress) -> None:
         message = self.progress.take(message)  # the newest step, which may be past the posted one
@@ -386,7 +390,9 @@ class TranslateApp(AppActions, App):
             self.notify("Choosing </s> would end the translation here; nothing to re-translate.", timeout=3)
         elif self.translator is not None:
             t = message.exchange.translation
-            self.translate(t.source, t.config, prefix=message.prefix, note=message.note)
+            # the hypothesis the alternative replaces a token of: its later tokens may well come back
+            draft = t.hypotheses[message.hypothesis].token_ids
+            self.translate(t.source, t.config, prefix=message.prefix, note=message.note, drafts={t.source: draft})
 
     def action_command_palette(self) -> None:
         self.refresh_models()  # a model pulled or converted while the app runs is listed

@@ -59,6 +59,9 @@ class Exchange:
         return rec
 
 
+Draft = list[int] | str  # a guess of a translation (target ids or text), which may make decoding it faster
+
+
 @dataclass
 class Pending:
     """A request made before a model was loaded: it starts when the model it waited for is ready."""
@@ -66,6 +69,7 @@ class Pending:
     exchanges: list[Exchange]
     config: DecodeConfig
     prefix: list[int] | None
+    drafts: dict[str, Draft] = field(default_factory=dict)  # source -> a guess of its translation (re-run, forced alternative)
 
 
 @dataclass
@@ -145,14 +149,17 @@ def resolve_seed(config: DecodeConfig) -> DecodeConfig:
 
 
 def decode_request(post: Callable[[object], object], worker, request_id: int, translator, texts: list[str],
-                   config: DecodeConfig, prefix: list[int] | None, progress: "ProgressSlot") -> None:
+                   config: DecodeConfig, prefix: list[int] | None, progress: "ProgressSlot",
+                   drafts: dict[str, Draft] | None = None) -> None:
     """The body of the app's decode worker (a thread): translates `texts` in order and posts progress,
-    results and failures as messages; stops at the first step after the worker is cancelled."""
+    results and failures as messages; stops at the first step after the worker is cancelled. drafts: text ->
+    a guess of its translation, handed to the translator."""
     from .messages import TranslationDone, TranslationFailed, TranslationProgress
 
     for index, text in enumerate(texts):
         try:
-            for event in translator.stream(text, config, attention=True, prefix=prefix, cancelled=lambda: worker.is_cancelled):
+            for event in translator.stream(text, config, attention=True, prefix=prefix, cancelled=lambda: worker.is_cancelled,
+                                           draft=(drafts or {}).get(text)):
                 if worker.is_cancelled:
                     return
                 if isinstance(event, Translation):

@@ -1,0 +1,84 @@
+"""The inference engine: one model's weights prepared for decoding, at one precision.
+
+The translator owns an `InferenceEngine` and hands it to the search. It holds everything decoding
+derives from the weights, so that nothing is stored on the model's modules and the KV cache is only
+state:
+
+* `packed`: the packed (and, for int8, quantized) copies of the linear layers (`linear.PackedWeights`),
+  each rebuilt when its layers' parameters change;
+* the fused decoder step (`fused.FusedDecoderStep`) bound to them, rebound at the start of a run
+  when the parameter stamps say a weight was replaced, moved or updated in place since it was bound
+  (an optimizer step, a reload, a replaced parameter).
+
+It offers what the model offers the search, `config`, `encode`, `start_cache` and `decode_step`, so
+`search()` takes either: the engine (packed products and the fused step: how users' text is decoded)
+or the bare `Transformer` (every product through the modules with nn.Linear's arithmetic: the oracle
+the tests hold the engine to). With autograd on or the model in training mode the engine runs the
+modules as the model would.
+
+Shapes: as in model.py.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .cache import KVCache
+from .config import ModelConfig
+from .fused import FusedDecoderStep
+from .linear import PackedWeights, parameter_stamps, stamps_hold
+from .model import EncoderOutput, StepOutput, Transformer
+
+Precision = Literal["fp32", "int8"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
+
+
+class InferenceEngine:
+    def __init__(self, model: Transformer, precision: Precision = "fp32") -> None:
+        """precision: "fp32", or "int8" for int8 weights (per output channel; see `linear.PackedWeights`)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.model = model
+        self.precision: Precision = precision
+        self.packed = PackedWeights(int8=precision == "int8")
+        self._step: FusedDecoderStep | None = None
+        self._stamps: list[tuple] = []  # the parameters `_step` was bound to
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def fused_step(self) -> FusedDecoderStep:
+        """The fused step bound to the weights as they are now: the one bound before, unless a parameter changed
+        since (checking the stamps is about ten times cheaper than binding)."""
+        if self._step is None or not stamps_hold(self._stamps):
+            self._stamps = parameter_stamps(self.model)
+            self._step = FusedDecoderStep(self.model, self.packed)
+        return self._step
+
+    def _fused(self) -> bool:
+        """The fused step leaves out dropout and autograd: inference only."""
+        return not self.model.training and not torch.is_grad_enabled()
+
+    # -- what the search calls ----------------------------------------------------------------
+    def encode(self, src: Tensor, need_weights: bool = False) -> EncoderOutput:
+        """src: (B, S) -> the model's `encode` on the packed weights."""
+        return self.model.encode(src, need_weights, packed=self.packed)
+
+    def start_cache(self, encoded: EncoderOutput, capacity: int) -> KVCache:
+        """The model's `start_cache` on the packed weights. A run starts here: the fused step is checked
+        against the weights once, and `decode_step` uses it for the rest of the run."""
+        if self._fused():
+            self.fused_step()
+        return self.model.start_cache(encoded, capacity, packed=self.packed)
+
+    def decode_step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> StepOutput:
+        """tokens: (N, T_new) -> the model's `decode_step` computed by the fused step (any T_new: one token per
+        step, or a forced prefix or draft as one block)."""
+        if not self._fused():
+            return self.model.decode_step(tokens, cache, need_weights, packed=self.packed)
+        step = self._step if self._step is not None else self.fused_step()
+        return StepOutput(*step.step(tokens, cache, need_weights))
