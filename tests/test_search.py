@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -163,6 +165,7 @@ def test_decode_config_validation():
     {"temperature": float("nan")}, {"temperature": float("inf")}, {"temperature": 0.0},
     {"max_length_ratio": float("inf")}, {"max_length_ratio": 1e308}, {"max_length_ratio": float("nan")},
     {"beam_size": 10_000}, {"beam_size": 0}, {"length_penalty": float("nan")}, {"length_penalty": float("inf")},
+    {"length_penalty": -1075.0}, {"length_penalty": 512.0}, {"length_penalty": 10.5},
     {"top_p": float("nan")}, {"max_length_offset": 10**12},
 ])
 def test_decode_config_refuses_non_finite_and_huge_values(bad):
@@ -179,6 +182,17 @@ def test_largest_allowed_values_decode(model, tokenizer):
     assert cfg.max_length(40, model.config.max_positions) == model.config.max_positions - 1
     hyps = run(model, encode(tokenizer, [SOURCES[1]]), cfg).hypotheses[0]
     assert len(hyps) == 2 and all(len(h.tokens) < model.config.max_positions for h in hyps)
+
+
+@pytest.mark.parametrize("alpha", [-10.0, 10.0])
+def test_extreme_length_penalties_decode_to_finite_scores(model, tokenizer, alpha):
+    """-1075 divided by a penalty that underflowed to 0 and 512 overflowed; the bounds decode at the longest length."""
+    from tui_translate.config import MAX_LENGTH_PENALTY, MAX_LENGTH_RATIO
+
+    assert abs(alpha) == MAX_LENGTH_PENALTY
+    cfg = DecodeConfig(strategy="beam", beam_size=4, top_beams=4, length_penalty=alpha, max_length_ratio=MAX_LENGTH_RATIO)
+    hyps = run(model, encode(tokenizer, [SOURCES[1]]), cfg).hypotheses[0]
+    assert len(hyps) == 4 and all(math.isfinite(h.score) for h in hyps)
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])

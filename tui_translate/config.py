@@ -19,6 +19,7 @@ NORM_PLACEMENTS = ("post", "pre")
 POSITION_LAYOUTS = ("interleaved", "split")
 STRATEGIES = ("greedy", "beam", "sample")
 MAX_BEAM_SIZE = 128
+MAX_LENGTH_PENALTY = 10.0
 MAX_LENGTH_RATIO = 1000.0
 MAX_LENGTH_OFFSET = 100_000
 
@@ -163,8 +164,10 @@ class DecodeConfig:
             raise ConfigError(f"top_beams must be between 1 and beam_size ({self.beam_size})")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ConfigError(f"temperature must be a finite number > 0, got {self.temperature}")
-        if not math.isfinite(self.length_penalty):
-            raise ConfigError(f"length_penalty must be a finite number, got {self.length_penalty}")
+        if not (math.isfinite(self.length_penalty) and abs(self.length_penalty) <= MAX_LENGTH_PENALTY):
+            # ((5 + |Y|) / 6) ** alpha overflows (or underflows to 0, then divides by it) well before |alpha| = 1000
+            raise ConfigError(f"length_penalty must be a number between -{MAX_LENGTH_PENALTY} and {MAX_LENGTH_PENALTY}, "
+                              f"got {self.length_penalty}")
         if self.top_k < 0:
             raise ConfigError("top_k must be >= 0 (0 = off)")
         if not 0 < self.top_p <= 1:
