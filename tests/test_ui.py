@@ -278,8 +278,14 @@ async def test_live_mode_translates_while_typing(tmp_path):
         # the next request had the previous live translation as its draft
         drafted = [fake.vocab[i] for i in fake.drafts[len(shown)]]
         assert [p for p in drafted if p != "</s>"] == ["▁the", "▁cat"]
+        preview_ids = app.query_one("#live-preview").draft[1]
+        before_enter = len(fake.drafts)
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.exchanges and app.exchanges[-1].status == "done")
+        # Enter's request verifies the preview's translation instead of decoding from scratch
+        assert fake.drafts[before_enter:] == [preview_ids]
+        assert [p for p in (fake.vocab[i] for i in preview_ids) if p != "</s>"] == ["▁the", "▁cat", "▁sleeps"]
+        assert app.exchanges[-1].text == "the cat sleeps"
 
 
 async def test_empty_input_and_load_failure_notify_without_crashing(tmp_path):

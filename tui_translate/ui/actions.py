@@ -8,8 +8,10 @@ from pathlib import Path
 
 from .. import langid
 from ..config import DecodeConfig
+from ..errors import TranslateError
 from .exporting import export_attention, export_transcript
 from .models import model_label
+from .requests import Draft
 from .screens.decode import DecodeScreen
 from .screens.help import HelpScreen
 from .widgets.live import LivePreview
@@ -229,6 +231,19 @@ class AppActions:
             preview.cancel()
         else:
             preview.translate(self.translator, text, self.decode_config)
+
+    def live_draft(self, text: str) -> dict[str, Draft] | None:
+        """The live preview's last translation as the draft of the request Enter makes: it was made from the
+        same text, or from the text a few keys ago, so the decoder mostly verifies it instead of stepping."""
+        draft = self.main_screen.query_one(LivePreview).draft
+        if not self.live or draft is None or draft[0] is not self.translator:
+            return None
+        try:
+            segments = self.translator.segments(text)
+        except TranslateError:
+            return None
+        # the preview translates the whole text; its translation is a guess for one sentence only
+        return {segments[0]: draft[1]} if len(segments) == 1 else None
 
     def _cancel_live(self) -> None:
         self.prompt.cancel_live()

@@ -298,9 +298,10 @@ class TranslateApp(AppActions, App):
             if self.prompt.remember(text):
                 self._persist(self.store.add_history, text)
             self.prompt.value = ""
+            draft = self.live_draft(text)
             self._cancel_live()
             self.switch_direction_for(text)
-            self.translate(text)
+            self.translate(text, drafts=draft)
 
     def translate(self, text: str, config: DecodeConfig | None = None, prefix: list[int] | None = None, note: str = "",
                   compare: dict[str, tuple[str, str]] | None = None, drafts: dict[str, Draft] | None = None) -> list[Exchange]:
