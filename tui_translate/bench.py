@@ -502,7 +502,11 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
         base = measures[("ours-fast", r["strategy"], r["batch"])].row()["median_ms_per_sentence"]
         r["ratio_to_ours_fast"] = round(r["median_ms_per_sentence"] / base, 2) if base else None
     profiled = profile_decoding(translator, texts[:50], console) if profile else None
-    live_report = live_mode(translator) if live else None
+    live_report = None
+    if live:  # both engines, the default one first; each Translator over the same loaded model packs its own weights
+        engines = {False: translator if not translator.int8 else Translator(translator.loaded),
+                   True: translator if translator.int8 else Translator(translator.loaded, int8=True)}
+        live_report = [live_mode(engines[int8]) for int8 in (INT8_DEFAULT, not INT8_DEFAULT)]
     train = training_throughput(translator)
     app = app_latency(translator.path, " ".join(texts[:60])) if app_check else None  # 60 sentences decoded in a row
     report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts), "block": block,
@@ -525,8 +529,7 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
         console.print("batch 1, least-squares fit of ms per sentence = fixed + per token × output tokens: " + "; ".join(
             f"{r['engine']} {r['strategy']} {r['ms_per_output_token']:.2f} ms/token "
             f"{'-' if r['ms_fixed_per_sentence'] < 0 else '+'} {abs(r['ms_fixed_per_sentence']):.1f} ms" for r in fits))
-    if live_report:
-        lr = live_report
+    for lr in live_report or []:
         console.print(f"live mode ({lr['words']} words typed key by key, {lr['keystrokes']} keystrokes, {lr['strategy']}, "
                       f"{lr['engine']}, median of {lr['replays']} replays): last keystroke to final translation "
                       f"{lr['last_key_ms_with_draft']:.1f} ms with the draft, {lr['last_key_ms_without_draft']:.1f} ms without; "
