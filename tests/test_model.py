@@ -276,3 +276,43 @@ def test_translating_stores_nothing_on_the_modules_and_the_cache_holds_only_stat
         cache = fp32.engine.start_cache(fp32.engine.encode(torch.tensor([[5, 6, 2]])), capacity=4)
         fp32.engine.decode_step(torch.tensor([[model.config.decoder_start_id]]), cache)
     assert all(isinstance(v, (torch.Tensor, int, type(None))) for v in vars(cache).values()), vars(cache)
+
+
+def test_deepnet_branch_init_scales_exactly_the_residual_branches(tokenizer):
+    """Value/output projections and feed-forward weights shrink by DeepNet's beta; queries, keys, embeddings,
+    norms and biases stay as Xavier left them."""
+    fresh = make_model(tokenizer, seed=5, n_encoder_layers=6, n_decoder_layers=2, norm_placement="post")
+    scaled = make_model(tokenizer, seed=5, n_encoder_layers=6, n_decoder_layers=2, norm_placement="post")
+    enc_beta, dec_beta = scaled.scale_branch_init()
+    assert enc_beta == pytest.approx(0.87 * (6**4 * 2) ** (-1 / 16)) and dec_beta == pytest.approx(24 ** (-1 / 4))
+    before, after = dict(fresh.named_parameters()), dict(scaled.named_parameters())
+    branch = ("v_proj.weight", "out_proj.weight", "fc1.weight", "fc2.weight")
+    n_scaled = 0
+    for name, p in after.items():
+        if name.endswith(branch):
+            beta = enc_beta if name.startswith("encoder_layers") else dec_beta
+            torch.testing.assert_close(p, before[name] * beta, rtol=0, atol=0)
+            n_scaled += 1
+        else:
+            assert torch.equal(p, before[name]), name
+    assert n_scaled == 6 * 4 + 2 * 6  # encoder: self-attention v/out + fc1/fc2; decoder: two attentions + fc1/fc2
+
+
+def test_encoder_spread_is_the_per_position_std_and_deepnet_keeps_a_deep_encoder_spread(tokenizer):
+    from tests.conftest import FRENCH
+    from tui_translate.train import encoder_spread
+
+    m = make_model(tokenizer, seed=2, n_encoder_layers=6, norm_placement="post")
+    sentence = FRENCH[0]
+    ids = torch.tensor(tokenizer.encode_ids([sentence]))
+    with torch.no_grad():
+        memory = m.encode(ids).memory[0]  # (S, D)
+    assert encoder_spread(m, tokenizer, [sentence], "cpu") == pytest.approx(float(memory.std(0).mean()), rel=1e-5)
+    # padding in a batch changes nothing: one sentence alone and among longer ones give the same spread
+    many = FRENCH[:8]
+    alone = [encoder_spread(m, tokenizer, [s], "cpu") for s in many]
+    assert encoder_spread(m, tokenizer, many, "cpu") == pytest.approx(sum(alone) / len(alone), rel=1e-4)
+    # a deep post-norm encoder starts with its positions much closer together than with small branches
+    xavier = encoder_spread(m, tokenizer, many, "cpu")
+    m.scale_branch_init()
+    assert encoder_spread(m, tokenizer, many, "cpu") > 1.5 * xavier

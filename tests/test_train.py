@@ -197,8 +197,11 @@ def test_marian_compatible_training_keeps_the_start_embedding_zero(toy_files, tm
     model = {"d_model": 32, "n_heads": 4, "n_encoder_layers": 1, "n_decoder_layers": 1, "d_ff": 64, "dropout": 0.0,
              "max_positions": 32, "norm_placement": "post", "position_layout": "split", "decoder_start_id": "pad",
              "final_logits_bias": True}
-    model_dir = train(toy_config(toy_files, tmp_path / "run", model=model, max_steps=30, eval_every=30, save_every=15))
+    model_dir = train(toy_config(toy_files, tmp_path / "run", model=model, max_steps=30, eval_every=30, save_every=15,
+                                 branch_init="deepnet"))
     m = load_model_dir(model_dir).model
+    evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"valid"' in x]
+    assert all(v["encoder_spread"] > 0 for e in evals for v in e["valid"].values())
     assert m.config.decoder_start_id == m.config.pad_id
     assert torch.count_nonzero(m.tgt_embed.weight[m.config.pad_id]) == 0
     assert torch.count_nonzero(m.tgt_embed.weight[m.config.eos_id]) > 0

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="post-norm, Marian's position layout, decoder starting from <pad> and a final logits bias: the model "
                    "then exports exactly to hf-marian / CTranslate2 (overrides --norm and --positions)")
     p.add_argument("--amp", choices=["none", "bf16"], default="none", help="bfloat16 autocast for the forward pass (default: none = fp32)")
+    p.add_argument("--branch-init", choices=["xavier", "deepnet"], default="xavier",
+                   help="deepnet: start attention value/output and feed-forward weights scaled down (DeepNet's beta), which "
+                   "keeps a deep post-norm encoder from starting with every position alike (default: xavier)")
     p.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --out")
     p.add_argument("--export", action="store_true", help="only average the newest checkpoints of --out into --out/model and exit")
 
@@ -329,7 +332,8 @@ def _run_train(args: argparse.Namespace) -> int:
                       label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, max_steps=args.max_steps,
                       max_epochs=args.max_epochs, eval_every=args.eval_every, eval_sentences=args.eval_sentences,
                       save_every=args.save_every, keep_last=args.keep_last, average_last=args.average_last,
-                      patience=args.patience, seed=args.seed, threads=args.threads, limit_pairs=args.limit_pairs, amp=args.amp)
+                      patience=args.patience, seed=args.seed, threads=args.threads, limit_pairs=args.limit_pairs, amp=args.amp,
+                      branch_init=args.branch_init)
     train(cfg, resume=args.resume, device=args.device)
     return 0
 

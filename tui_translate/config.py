@@ -20,6 +20,7 @@ POSITION_LAYOUTS = ("interleaved", "split")
 STRATEGIES = ("greedy", "beam", "sample")
 MAX_BEAM_SIZE = 128
 MAX_LENGTH_PENALTY = 10.0
+BRANCH_INITS = ("xavier", "deepnet")
 MAX_LENGTH_RATIO = 1000.0
 MAX_LENGTH_OFFSET = 100_000
 
@@ -248,6 +249,7 @@ class TrainConfig:
     limit_pairs: int = 0  # 0 = use every training pair (else the first N of each corpus)
     amp: str = "none"  # "bf16" = bfloat16 autocast for the forward pass (fast on CPUs with AVX512-BF16/AMX), "none" = fp32
     init_from: str | None = None  # a model directory whose weights start the run (warm start; same tokenizer)
+    branch_init: str = "xavier"  # "deepnet": attention value/output and feed-forward weights start scaled down (Transformer.scale_branch_init)
 
     def __post_init__(self) -> None:
         # a run saved before corpora became lists stored single paths
@@ -259,6 +261,8 @@ class TrainConfig:
         object.__setattr__(self, "valid", tuple(self.valid))
         if not self.train or not self.valid:
             raise ConfigError("training needs at least one --train and one --valid file")
+        if self.branch_init not in BRANCH_INITS:
+            raise ConfigError(f"branch-init must be one of {BRANCH_INITS}, got {self.branch_init!r}")
         if self.direction not in ("fr-en", "en-fr"):
             raise ConfigError(f"direction must be fr-en or en-fr, got {self.direction!r}")
         positive = ("vocab_size", "max_tokens", "max_len", "warmup_steps", "max_steps", "max_epochs", "eval_every",

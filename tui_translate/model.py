@@ -82,6 +82,27 @@ class Transformer(nn.Module):
             self.src_embed.weight[self.config.pad_id].zero_()
             self.tgt_embed.weight[self.config.pad_id].zero_()
 
+    def scale_branch_init(self) -> tuple[float, float]:
+        """DeepNet's initialisation (Wang et al. 2022, "DeepNet: Scaling Transformers to 1,000 Layers") without
+        its residual up-weighting, so the architecture (and the Marian export) is unchanged: the value and
+        output projections of every attention and both feed-forward products start scaled by beta,
+        encoder beta = 0.87 (N^4 M)^(-1/16), decoder beta = (12 M)^(-1/4) for N encoder and M decoder layers.
+
+        Why: attention starts out nearly uniform, so each branch adds about the mean of its positions; with
+        Xavier-sized branches post-norm renormalises after every sublayer and a deep encoder's positions start
+        nearly identical (six layers: a sixth of one layer's spread), a state the training run then deepened
+        into a constant encoder. Small branches start every layer near the identity. Returns the two betas."""
+        n, m = self.config.n_encoder_layers, self.config.n_decoder_layers
+        enc_beta = 0.87 * (n**4 * m) ** (-1 / 16)
+        dec_beta = (12 * m) ** (-1 / 4)
+        branch = ("v_proj.weight", "out_proj.weight", "fc1.weight", "fc2.weight")
+        with torch.no_grad():
+            for layers, beta in ((self.encoder_layers, enc_beta), (self.decoder_layers, dec_beta)):
+                for name, p in layers.named_parameters():
+                    if name.endswith(branch):
+                        p.mul_(beta)
+        return enc_beta, dec_beta
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -39,6 +39,7 @@ from .data import DataError, EncodedPairs, collate, read_pairs, token_batches
 from .errors import TranslateError
 from .evaluate import evaluate_pairs
 from .model import Transformer
+from .search import pad_batch
 from .tokenizer import Tokenizer, train_tokenizer
 
 
@@ -380,7 +381,11 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     if not all(pairs for _, pairs, _ in valid_sets):
         raise DataError("a --valid file holds no pairs")
     mcfg = build_model_config(cfg, tok)
-    model = Transformer(mcfg).to(d.device)
+    model = Transformer(mcfg)
+    if cfg.branch_init == "deepnet":
+        enc_beta, dec_beta = model.scale_branch_init()
+        console.print(f"branch init: DeepNet beta {enc_beta:.3f} (encoder), {dec_beta:.3f} (decoder)")
+    model = model.to(d.device)
     if cfg.init_from and not resume:
         from .checkpoint import load_model_dir
 
@@ -528,6 +533,27 @@ def ddp_weight_drift(model: Transformer) -> float:
     return float(drift)
 
 
+@torch.no_grad()
+def encoder_spread(model: Transformer, tok: Tokenizer, sources: list[str], device, batch_size: int = 64) -> float:
+    """How much the encoder's output differs from position to position: per sentence, the standard deviation of
+    each dimension across its real positions, averaged over dimensions and sentences. A collapsing encoder
+    (every position the same vector) drives it towards 0 long before the outputs show it; a trained model's
+    is of the order of its vectors' per-dimension scale (0.7 for the shipped fr-en)."""
+    model.eval()
+    total, count = 0.0, 0
+    ids = [s for s in tok.encode_ids(sources) if len(s) > 1]
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i : i + batch_size]
+        enc = model.encode(pad_batch(chunk, model.config.pad_id).to(device))
+        mask = enc.source_mask.unsqueeze(-1).to(enc.memory.dtype)  # (B, S, 1)
+        n = mask.sum(1)  # (B, 1)
+        mean = (enc.memory * mask).sum(1) / n  # (B, D)
+        var = (((enc.memory - mean.unsqueeze(1)) * mask) ** 2).sum(1) / (n - 1)  # (B, D), unbiased as Tensor.std
+        total += float(var.sqrt().mean(-1).sum())
+        count += len(chunk)
+    return total / max(count, 1)
+
+
 def _evaluate(model, tok, valid_sets, cfg, state, d, console, log, step) -> bool:
     """Loss on every validation set, BLEU/chrF (greedy) on the first eval_sentences of each; early
     stopping follows the mean loss, so no single domain decides."""
@@ -539,9 +565,11 @@ def _evaluate(model, tok, valid_sets, cfg, state, d, console, log, step) -> bool
         # A decoder that ignores its source (a collapsed encoder: every position the same vector) writes the
         # same few sentences whatever the input while its loss still falls; the share of distinct outputs shows it.
         distinct = len(set(hyps)) / max(len(hyps), 1)
+        spread = encoder_spread(model, tok, [src for src, _ in pairs[: cfg.eval_sentences]], d.device)
         entry["valid"][name] = {"loss": round(loss, 4), "bleu": round(scores.bleu, 2), "chrf": round(scores.chrf, 2),
-                                "distinct": round(distinct, 3)}
-        parts.append(f"{name} loss {loss:.3f} BLEU {scores.bleu:.1f} chrF {scores.chrf:.1f} distinct {distinct:.0%}")
+                                "distinct": round(distinct, 3), "encoder_spread": round(spread, 4)}
+        parts.append(f"{name} loss {loss:.3f} BLEU {scores.bleu:.1f} chrF {scores.chrf:.1f} distinct {distinct:.0%} "
+                     f"spread {spread:.3f}")
     model.train()
     val = sum(v["loss"] for v in entry["valid"].values()) / len(valid_sets)
     first = next(iter(entry["valid"].values()))
