@@ -101,6 +101,28 @@ def test_int8_weights_are_close_to_fp32_and_leave_fp32_exact(model, tokenizer):
     torch.testing.assert_close(again, fp32, atol=0, rtol=0)
 
 
+
+def test_int8_products_call_the_bare_operator_with_the_packet_s_results():
+    """linear.py calls fbgemm's dynamic product without the Python argument walk of `torch.ops`' packet; every
+    multi-row int8 product (encoder, beam rows, output layer) must give what the packet gives, bit for bit."""
+    from tui_translate.linear import _LINEAR_DYNAMIC
+
+    torch.manual_seed(0)
+    block = Block()
+    packed = PackedWeights(int8=True)
+    x = torch.randn(6, 8)
+    with torch.inference_mode():
+        out = packed.product(block.a, block.b, block.c)(x)  # 6 rows: the fbgemm path
+        (pack,) = packed.packs()
+        assert pack.int8 is not None
+        assert _LINEAR_DYNAMIC is not torch.ops.quantized.linear_dynamic  # the bare C++ operator, not the packet
+        torch.testing.assert_close(out, torch.ops.quantized.linear_dynamic(x, pack.int8, True), atol=0, rtol=0)
+        for rows in (2, 3):  # a block of 2 positions of `rows` rows: one call per position, as the packet would
+            flat = torch.randn(rows * 2, 8)
+            want = torch.stack([torch.ops.quantized.linear_dynamic(r.contiguous(), pack.int8, True)
+                                for r in flat.view(rows, 2, 8).unbind(1)], 1).view(rows * 2, -1)
+            torch.testing.assert_close(pack.multiply_int8(flat, step_rows=rows), want, atol=0, rtol=0)
+
 # -- int8 is the default engine (issue 16 item 1) ------------------------------------------------------------------
 MODELS = Path(__file__).resolve().parent.parent / "models"
 INT8_SAMPLE = Path(__file__).resolve().parent / "data" / "int8-sample.fr-en.tsv"  # 40 everyday pairs written for this test

@@ -13,7 +13,8 @@ matrix of the decoder at each step. For such skinny products the layout matters 
   (`torch.ops.mkldnn`, what PyTorch's own compiler uses for frozen CPU linears).
 
 Every private torch API the engine relies on (`_weight_int8pack_mm`, `torch.ops.mkldnn`'s reordered
-linears, tensors' `_version` counters, modules' `_parameters`) is used in this file only.
+linears, the `_op` of fbgemm's `linear_dynamic`, tensors' `_version` counters, modules' `_parameters`) is
+used in this file only.
 
 `project(x, *linears, packed=...)` applies nn.Linear layers that share their input (e.g. Q, K and V
 of self-attention) and returns the concatenated outputs. Without `packed` (training, autograd, the
@@ -87,6 +88,12 @@ _ONEDNN_BATCH_HINT = 64  # rows the oneDNN weight layout is tuned for; any row c
 _onednn_ok = torch.backends.mkldnn.is_available()
 _ROW_SPLITS = 4  # column blocks of a hidden-layer or one-row product
 _W8_ROW = hasattr(torch, "_weight_int8pack_mm")  # weight-only int8 kernel (torch >= 2.3)
+# fbgemm's dynamic int8 product as the bare C++ operator. Its weight argument is a TorchScript class, and
+# for such operators `torch.ops.quantized.linear_dynamic(...)` first walks its arguments in Python looking
+# for fake script objects (torch.export's tracing stand-ins, which decoding never passes): a few µs per
+# call, paid by every encoder product, every beam step's products and every int8 output layer. Same
+# kernel and arguments, so the same results; the packet is the fallback should `_op` ever go away.
+_LINEAR_DYNAMIC: Callable[..., Tensor] = getattr(torch.ops.quantized.linear_dynamic, "_op", torch.ops.quantized.linear_dynamic)
 
 
 class _Pack:
@@ -146,10 +153,10 @@ class _Pack:
                 self.int8 = torch.ops.quantized.linear_prepack(qw, self.bias)
         try:
             if rows == step:
-                return torch.ops.quantized.linear_dynamic(flat.contiguous(), self.int8, True)
+                return _LINEAR_DYNAMIC(flat.contiguous(), self.int8, True)
             # activations are quantized with one scale per call: one call per position, as its step would make
             per_position = flat.view(step, rows // step, flat.size(1)).unbind(1)  # T tensors (N, D_in)
-            outs = [torch.ops.quantized.linear_dynamic(x.contiguous(), self.int8, True) for x in per_position]
+            outs = [_LINEAR_DYNAMIC(x.contiguous(), self.int8, True) for x in per_position]
             return torch.stack(outs, 1).view(rows, -1)  # (N, T, ΣD_out) -> (rows, ΣD_out)
         except RuntimeError:
             if bool(torch.isfinite(flat).all()):
