@@ -92,7 +92,7 @@ _W8_ROW = hasattr(torch, "_weight_int8pack_mm")  # weight-only int8 kernel (torc
 # for such operators `torch.ops.quantized.linear_dynamic(...)` first walks its arguments in Python looking
 # for fake script objects (torch.export's tracing stand-ins, which decoding never passes): a few µs per
 # call, paid by every encoder product, every beam step's products and every int8 output layer. Same
-# kernel and arguments, so the same results; the packet is the fallback should `_op` ever go away.
+# kernel and arguments, so the same results; the wrapper is the fallback should `_op` ever go away.
 _LINEAR_DYNAMIC: Callable[..., Tensor] = getattr(torch.ops.quantized.linear_dynamic, "_op", torch.ops.quantized.linear_dynamic)
 
 
