@@ -503,10 +503,9 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
         r["ratio_to_ours_fast"] = round(r["median_ms_per_sentence"] / base, 2) if base else None
     profiled = profile_decoding(translator, texts[:50], console) if profile else None
     live_report = None
-    if live:  # both engines, the default one first; each Translator over the same loaded model packs its own weights
-        engines = {False: translator if not translator.int8 else Translator(translator.loaded),
-                   True: translator if translator.int8 else Translator(translator.loaded, int8=True)}
-        live_report = [live_mode(engines[int8]) for int8 in (INT8_DEFAULT, not INT8_DEFAULT)]
+    if live:  # both engines, the default one first; a second Translator over the same loaded model packs its own weights
+        both = (translator, Translator(translator.loaded, int8=not translator.int8))
+        live_report = [live_mode(t) for t in sorted(both, key=lambda t: t.int8 != INT8_DEFAULT)]
     train = training_throughput(translator)
     app = app_latency(translator.path, " ".join(texts[:60])) if app_check else None  # 60 sentences decoded in a row
     report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts), "block": block,

@@ -90,8 +90,8 @@ class Transformer(nn.Module):
 
         Why: attention starts out nearly uniform, so each branch adds about the mean of its positions; with
         Xavier-sized branches post-norm renormalises after every sublayer and a deep encoder's positions start
-        nearly identical (six layers: a sixth of one layer's spread), a state the training run then deepened
-        into a constant encoder. Small branches start every layer near the identity. Returns the two betas."""
+        nearly identical, a state training then deepened into a constant encoder (docs/training.md). Small
+        branches start every layer near the identity. Returns the two betas."""
         n, m = self.config.n_encoder_layers, self.config.n_decoder_layers
         enc_beta = 0.87 * (n**4 * m) ** (-1 / 16)
         dec_beta = (12 * m) ** (-1 / 4)

@@ -537,8 +537,8 @@ def ddp_weight_drift(model: Transformer) -> float:
 def encoder_spread(model: Transformer, tok: Tokenizer, sources: list[str], device, batch_size: int = 64) -> float:
     """How much the encoder's output differs from position to position: per sentence, the standard deviation of
     each dimension across its real positions, averaged over dimensions and sentences. A collapsing encoder
-    (every position the same vector) drives it towards 0 long before the outputs show it; a trained model's
-    is of the order of its vectors' per-dimension scale (0.7 for the shipped fr-en)."""
+    (every position the same vector) drives it towards 0 long before the outputs show it; a healthy model's
+    is of the order of its vectors' per-dimension scale (docs/training.md has measured values)."""
     model.eval()
     total, count = 0.0, 0
     ids = [s for s in tok.encode_ids(sources) if len(s) > 1]
