@@ -226,7 +226,11 @@ class AppActions:
 
     # -- live mode ------------------------------------------------------------------------------------------
     def on_prompt_live_text(self, message: Prompt.LiveText) -> None:
-        text, preview = message.text, self.main_screen.query_one(LivePreview)
+        # a debounced keystroke can arrive while the app shuts down and the preview is already unmounted
+        previews = self.main_screen.query(LivePreview)
+        if not previews:
+            return
+        text, preview = message.text, previews.first()
         if not self.live or not text.strip() or self.translator is None or len(text) > MAX_INPUT_CHARS:
             preview.cancel()
         else:
