@@ -288,6 +288,19 @@ async def test_live_mode_translates_while_typing(tmp_path):
         assert app.exchanges[-1].text == "the cat sleeps"
 
 
+async def test_live_keystroke_after_the_preview_is_gone_is_ignored(tmp_path):
+    """A debounced keystroke can be delivered while the app shuts down, after the preview is unmounted."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        await pilot.press("f6")
+        await app.query_one("#live-preview").remove()
+        prompt = app.query_one("#prompt")
+        prompt.post_message(prompt.LiveText("le chat"))
+        await pilot.pause(0.1)
+        assert app.is_running
+
+
 async def test_empty_input_and_load_failure_notify_without_crashing(tmp_path):
     app = TranslateApp(fake_loader(), Path("/models/broken"), [], store=Store(None), export_dir=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
