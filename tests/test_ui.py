@@ -278,7 +278,9 @@ async def test_live_mode_translates_while_typing(tmp_path):
         # the next request had the previous live translation as its draft
         drafted = [fake.vocab[i] for i in fake.drafts[len(shown)]]
         assert [p for p in drafted if p != "</s>"] == ["▁the", "▁cat"]
-        preview_ids = app.query_one("#live-preview").draft[1]
+        # the preview keeps the partial text as its draft until the final translation's ids arrive
+        await wait_for(pilot, lambda: isinstance(preview.draft[1], list))
+        preview_ids = preview.draft[1]
         before_enter = len(fake.drafts)
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.exchanges and app.exchanges[-1].status == "done")
