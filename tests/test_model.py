@@ -137,10 +137,76 @@ def test_fused_block_equals_one_token_steps(tokenizer, norm, int8, rows, need_we
     torch.testing.assert_close(by_block.self_kv[..., :6, :], by_step.self_kv[..., :6, :], **tol)
 
 
-def test_engine_step_is_kept_across_runs_and_follows_weight_changes(tokenizer):
-    """The fused step is bound once and reused by later runs, but never with stale weights: an optimizer
-    step, a state-dict reload or a replaced parameter rebinds it. An int8 engine on the same model has packs
-    of its own and leaves the float32 engine's results exactly as they were."""
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_fused_encoder_equals_modular_encoder(tokenizer, norm, int8, need_weights):
+    """The engine's fused encoder computes exactly what the encoder layers compute on the same packed weights:
+    memory, source mask, self-attention of every layer, and the cross-attention keys/values the fused step
+    derives from them; for a padded batch, one sentence, a padded row alone and a one-token source (the
+    one-row int8 kernel), in float32 and int8. With autograd on or in training mode it runs the modules."""
+    model = make_model(tokenizer, norm_placement=norm, final_logits_bias=True, activation="gelu")
+    engine = InferenceEngine(model, "int8" if int8 else "fp32")
+    packed = engine.packed
+    src, _ = _batch(model)
+    for source in (src, src[:1], src[1:, :3], src[:1, -1:]):
+        with torch.inference_mode():
+            a = engine.encode(source, need_weights)
+            b = model.encode(source, need_weights, packed=packed)
+            fused_cache, modular_cache = engine.start_cache(a, capacity=4), model.start_cache(b, capacity=4, packed=packed)
+        assert torch.equal(a.memory, b.memory), (source.shape, (a.memory - b.memory).abs().max())
+        assert torch.equal(a.source_mask, b.source_mask)
+        if need_weights:
+            assert a.self_attention.shape == (source.size(0), model.config.n_encoder_layers, model.config.n_heads, *source.shape[1:] * 2)
+            assert torch.equal(a.self_attention, b.self_attention)
+        else:
+            assert a.self_attention is None
+        assert torch.equal(fused_cache.cross_kv, modular_cache.cross_kv)
+        assert torch.equal(fused_cache.source_mask, modular_cache.source_mask) and fused_cache.capacity == modular_cache.capacity
+        assert (fused_cache.cross_mask is None) == (modular_cache.cross_mask is None)
+    with torch.enable_grad():  # autograd (training) never takes the packs or the fused encoder: nn.Linear's arithmetic
+        a = engine.encode(src, need_weights).memory
+        b = model.encode(src, need_weights).memory
+    assert a.requires_grad and torch.equal(a, b)
+    model.train()  # dropout (0 here) and the modules, whatever the grad mode
+    with torch.inference_mode():
+        a, b = engine.encode(src, need_weights).memory, model.encode(src, need_weights, packed=packed).memory
+    model.eval()
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("int8", [False, True])
+def test_fused_encoder_padding_and_capture(tokenizer, norm, int8):
+    """Padding never reaches a real position: padded keys get exactly zero attention, and in float32 a padded
+    row equals its sentence encoded alone (int8 quantizes a product's activations with one scale per call, so
+    a batch rounds differently from its sentences alone, on the modular path as here: the test above holds the
+    fused encoder to that path bit for bit). The capture path's memory equals the fast path's, and its rows sum
+    to 1."""
+    model = make_model(tokenizer, norm_placement=norm, final_logits_bias=True, activation="gelu")
+    engine = InferenceEngine(model, "int8" if int8 else "fp32")
+    src, _ = _batch(model)  # row 1 has 3 real tokens
+    with torch.inference_mode():
+        fast = engine.encode(src)
+        capture = engine.encode(src, need_weights=True)
+        alone = engine.encode(src[1:, :3], need_weights=True)
+        first = engine.encode(src[:1], need_weights=True)
+    w = capture.self_attention  # (B, L, H, S, S)
+    assert torch.all(w[1, ..., 3:] == 0)
+    torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(capture.memory, fast.memory, atol=1e-5, rtol=0)  # attention adds up in another order
+    if not int8:
+        torch.testing.assert_close(capture.memory[1, :3], alone.memory[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(w[1, ..., :3, :3], alone.self_attention[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(capture.memory[:1], first.memory, atol=1e-5, rtol=0)
+        torch.testing.assert_close(w[:1], first.self_attention, atol=1e-5, rtol=0)
+
+
+def test_engine_bindings_are_kept_across_runs_and_follow_weight_changes(tokenizer):
+    """The fused encoder and step are bound once and reused by later runs, but never with stale weights: an
+    optimizer step or a state-dict reload rebinds both, a replaced parameter the one that reads it (each watches
+    its own modules). An int8 engine on the same model has packs of its own and leaves the float32 engine's
+    results exactly as they were."""
     model = make_model(tokenizer, final_logits_bias=True)
     other = make_model(tokenizer, final_logits_bias=True, seed=1)
     engine = InferenceEngine(model)
@@ -148,35 +214,40 @@ def test_engine_step_is_kept_across_runs_and_follows_weight_changes(tokenizer):
 
     def fused_and_modular(e=engine):
         with torch.inference_mode():
-            fused = e.start_cache(e.encode(src), capacity=2)
-            step = e.fused_step()
+            encoded = e.encode(src)
+            fused = e.start_cache(encoded, capacity=2)
+            bindings = e.fused_encoder(), e.fused_step()
             a = e.decode_step(tgt[:, :1], fused).logits
-            modular = model.start_cache(model.encode(src, packed=e.packed), capacity=2, packed=e.packed)
-            return step, a, model.decode_step(tgt[:, :1], modular, packed=e.packed).logits
+            reference = model.encode(src, packed=e.packed)
+            modular = model.start_cache(reference, capacity=2, packed=e.packed)
+            assert torch.equal(encoded.memory, reference.memory)
+            return bindings, a, model.decode_step(tgt[:, :1], modular, packed=e.packed).logits
 
     first, a, b = fused_and_modular()
     assert torch.equal(a, b)
-    assert fused_and_modular()[0] is first  # nothing changed: the same binding
-    int8_step, int8_logits, _ = fused_and_modular(InferenceEngine(model, "int8"))
-    assert int8_step is not first and not torch.equal(int8_logits, a)
-    assert torch.equal(fused_and_modular()[1], a) and fused_and_modular()[0] is first
+    assert fused_and_modular()[0] == first  # nothing changed: the same bindings (compared by identity)
+    int8_bindings, int8_logits, _ = fused_and_modular(InferenceEngine(model, "int8"))
+    assert all(x is not y for x, y in zip(int8_bindings, first)) and not torch.equal(int8_logits, a)
+    assert torch.equal(fused_and_modular()[1], a) and fused_and_modular()[0] == first
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model.train()
     torch.nn.functional.cross_entropy(model(src, tgt).flatten(0, 1), tgt.flatten()).backward()
     opt.step()
     model.eval()
-    changes = [
-        lambda: None,  # the optimizer step above
-        lambda: model.load_state_dict(other.state_dict()),
-        lambda: setattr(model.decoder_layers[0].ffn.fc2, "bias", torch.nn.Parameter(torch.randn(model.config.d_model))),
+    d = model.config.d_model
+    changes = [  # (change, rebinds the encoder, rebinds the step)
+        (lambda: None, True, True),  # the optimizer step above
+        (lambda: model.load_state_dict(other.state_dict()), True, True),
+        (lambda: setattr(model.decoder_layers[0].ffn.fc2, "bias", torch.nn.Parameter(torch.randn(d))), False, True),
+        (lambda: setattr(model.encoder_layers[1].ffn.fc2, "bias", torch.nn.Parameter(torch.randn(d))), True, False),
     ]
     previous, before = first, a
-    for change in changes:
+    for change, encoder_changes, step_changes in changes:
         change()
-        step, a, b = fused_and_modular()
-        assert step is not previous
+        bindings, a, b = fused_and_modular()
+        assert (bindings[0] is not previous[0]) == encoder_changes and (bindings[1] is not previous[1]) == step_changes
         assert torch.equal(a, b) and not torch.equal(a, before)
-        previous, before = step, a
+        previous, before = bindings, a
 
 
 def test_cache_truncate_forgets_positions(model):

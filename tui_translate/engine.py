@@ -6,12 +6,13 @@ state:
 
 * `packed`: the packed (and, for int8, quantized) copies of the linear layers (`linear.PackedWeights`),
   each rebuilt when its layers' parameters change;
-* the fused decoder step (`fused.FusedDecoderStep`) bound to them, rebound at the start of a run
-  when the parameter stamps say a weight was replaced, moved or updated in place since it was bound
-  (an optimizer step, a reload, a replaced parameter).
+* the fused encoder (`fused.FusedEncoder`) and decoder step (`fused.FusedDecoderStep`) bound to them,
+  each rebound when the parameter stamps of the modules it reads say a weight was replaced, moved or
+  updated in place since it was bound (an optimizer step, a reload, a replaced parameter): the encoder's
+  checked at every `encode`, the step's at every `start_cache` (once per run each).
 
 It offers what the model offers the search, `config`, `encode`, `start_cache` and `decode_step`, so
-`search()` takes either: the engine (packed products and the fused step: how users' text is decoded)
+`search()` takes either: the engine (packed products and the fused passes: how users' text is decoded)
 or the bare `Transformer` (every product through the modules with nn.Linear's arithmetic: the oracle
 the tests hold the engine to). With autograd on or the model in training mode the engine runs the
 modules as the model would.
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from .cache import KVCache
 from .config import ModelConfig
-from .fused import FusedDecoderStep
+from .fused import FusedDecoderStep, FusedEncoder
 from .linear import PackedWeights, parameter_stamps, stamps_hold
 from .model import EncoderOutput, StepOutput, Transformer
 
@@ -46,6 +47,8 @@ class InferenceEngine:
         self.packed = PackedWeights(int8=precision == "int8")
         self._step: FusedDecoderStep | None = None
         self._stamps: list[tuple] = []  # the parameters `_step` was bound to
+        self._encoder: FusedEncoder | None = None
+        self._encoder_stamps: list[tuple] = []  # the parameters `_encoder` was bound to
 
     @property
     def config(self) -> ModelConfig:
@@ -55,25 +58,35 @@ class InferenceEngine:
         """The fused step bound to the weights as they are now: the one bound before, unless a parameter changed
         since (checking the stamps is about ten times cheaper than binding)."""
         if self._step is None or not stamps_hold(self._stamps):
-            self._stamps = parameter_stamps(self.model)
+            self._stamps = parameter_stamps(*FusedDecoderStep.reads(self.model))
             self._step = FusedDecoderStep(self.model, self.packed)
         return self._step
 
+    def fused_encoder(self) -> FusedEncoder:
+        """The fused encoder bound to the weights as they are now, as `fused_step` for the step."""
+        if self._encoder is None or not stamps_hold(self._encoder_stamps):
+            self._encoder_stamps = parameter_stamps(*FusedEncoder.reads(self.model))
+            self._encoder = FusedEncoder(self.model, self.packed)
+        return self._encoder
+
     def _fused(self) -> bool:
-        """The fused step leaves out dropout and autograd: inference only."""
+        """The fused passes leave out dropout and autograd: inference only."""
         return not self.model.training and not torch.is_grad_enabled()
 
     # -- what the search calls ----------------------------------------------------------------
     def encode(self, src: Tensor, need_weights: bool = False) -> EncoderOutput:
-        """src: (B, S) -> the model's `encode` on the packed weights."""
-        return self.model.encode(src, need_weights, packed=self.packed)
+        """src: (B, S) -> the model's `encode` on the packed weights, computed by the fused encoder."""
+        if not self._fused():
+            return self.model.encode(src, need_weights, packed=self.packed)
+        return EncoderOutput(*self.fused_encoder().encode(src, need_weights))
 
     def start_cache(self, encoded: EncoderOutput, capacity: int) -> KVCache:
         """The model's `start_cache` on the packed weights. A run starts here: the fused step is checked
-        against the weights once, and `decode_step` uses it for the rest of the run."""
-        if self._fused():
-            self.fused_step()
-        return self.model.start_cache(encoded, capacity, packed=self.packed)
+        against the weights once, computes the cross-attention keys and values, and `decode_step` uses it
+        for the rest of the run."""
+        if not self._fused():
+            return self.model.start_cache(encoded, capacity, packed=self.packed)
+        return self.fused_step().start_cache(encoded.memory, encoded.source_mask, capacity)
 
     def decode_step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> StepOutput:
         """tokens: (N, T_new) -> the model's `decode_step` computed by the fused step (any T_new: one token per

@@ -1,4 +1,4 @@
-"""The decoder's inference step, with every weight product bound ahead of time.
+"""The inference passes, with every weight product bound ahead of time: the decoder's step and the encoder.
 
 Incremental decoding of one sentence spends more time between matrix products than in them when
 each step goes through the modules: a step of the default model issued about 150 PyTorch calls
@@ -14,8 +14,16 @@ step_rows), and attention runs one position at a time over the keys up to it, as
 So each position of a block rounds as its one-token step: bit for bit in int8 (the one-row kernels
 treat rows independently), up to the order of additions of the column-block products in float32.
 
+`FusedEncoder` is the encoder pass on the same terms. It runs once per sentence, on a handful of rows,
+so the module calls (`__call__`, attribute lookups, a pack check per product) weigh on it as on a
+step; it computes the same kernels on the same inputs as `Transformer.encode` with the same packed
+weights, so its memory and attention weights equal the modular path's (tested like the step).
+`FusedDecoderStep.start_cache` computes the cross-attention keys and values with a product bound the
+same way.
+
 Shapes: N rows (sentences × beams), T new tokens per row, D d_model, H heads, d_k = D / H,
-S source length, V vocab. Activations are (N·T, D), rows ordered (N, T).
+S source length, V vocab, B sentences, L layers. Decoder activations are (N·T, D), rows ordered (N, T);
+encoder activations (B·S, D), rows ordered (B, S).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import attention_probabilities
+from .attention import attention_probabilities, key_padding_mask
 from .cache import KVCache
 from .linear import PackedWeights, Product
 
@@ -39,6 +47,80 @@ class _Norm:
 
     def __call__(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
+
+
+class _Residuals:
+    """Residual + LayerNorm around a sublayer, post- or pre-norm, as `layers._Residual` without dropout."""
+
+    pre: bool
+
+    def _sublayer(self, x: Tensor, norm: _Norm, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        """Residual + LayerNorm: post x = LN(x + f(x)), pre x = x + f(LN(x))."""
+        if self.pre:
+            return sublayer(norm(x)).add_(x)
+        return norm(sublayer(x).add_(x))
+
+
+class _EncoderLayer:
+    def __init__(self, layer: nn.Module, packed: PackedWeights, dtype: torch.dtype) -> None:
+        sa, ffn = layer.self_attn, layer.ffn
+        self.qkv: Product = packed.product(sa.q_proj, sa.k_proj, sa.v_proj, dtype=dtype)  # (B·S, D) -> (B·S, 3D)
+        self.out: Product = packed.product(sa.out_proj, dtype=dtype)
+        self.fc1: Product = packed.product(ffn.fc1, dtype=dtype)
+        self.fc2: Product = packed.product(ffn.fc2, dtype=dtype)
+        self.act: Callable[[Tensor], Tensor] = ffn.act
+        self.norms = (_Norm(layer.self_attn_res.norm), _Norm(layer.ffn_res.norm))
+
+
+class FusedEncoder(_Residuals):
+    """`encode(src, need_weights)`: what `Transformer.encode(src, need_weights, packed)` returns, as a tuple.
+    Bound to the weights and precision of one `PackedWeights`; `engine.InferenceEngine` rebinds it when a
+    parameter of `reads(model)` changes."""
+
+    @staticmethod
+    def reads(model: nn.Module) -> list[nn.Module]:
+        """The modules whose parameters a binding reads: the engine watches these for changes."""
+        return [model.src_embed, model.encoder_layers, model.encoder_norm]
+
+    def __init__(self, model: nn.Module, packed: PackedWeights) -> None:
+        c = model.config
+        dtype = model.src_embed.weight.dtype
+        self.d_model, self.n_heads, self.d_head = c.d_model, c.n_heads, c.d_model // c.n_heads
+        self.pre = c.norm_placement == "pre"
+        self.pad_id, self.max_positions = c.pad_id, c.max_positions
+        self.embedding, self.positions, self.scale = model.src_embed.weight, model.positions, model.scale
+        self.layers = [_EncoderLayer(layer, packed, dtype) for layer in model.encoder_layers]
+        self.final_norm = _Norm(model.encoder_norm) if self.pre else None
+
+    def encode(self, src: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """src: (B, S) token ids, padded with pad_id. Returns memory (B, S, D), the source mask (B, S) (True at
+        real tokens) and, with need_weights, every layer's self-attention (B, L, H, S, S)."""
+        b, s = src.shape
+        if s > self.max_positions:
+            raise ValueError(f"sequence of {s} positions exceeds max_positions={self.max_positions}")
+        d, h, dk, rows = self.d_model, self.n_heads, self.d_head, b * s
+        source_mask = src.ne(self.pad_id)  # (B, S)
+        mask = key_padding_mask(source_mask)  # (B, 1, 1, S) | None
+        weights: list[Tensor] = []
+
+        def self_attention(hx: Tensor, layer: _EncoderLayer) -> Tensor:
+            qkv = layer.qkv(hx).view(b, s, 3, h, dk).permute(2, 0, 3, 1, 4)  # (3, B, H, S, d_k)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            if need_weights:
+                w = attention_probabilities(q, k, mask)  # (B, H, S, S)
+                weights.append(w)
+                ctx = torch.matmul(w, v)
+            else:
+                ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, S, d_k)
+            return layer.out(ctx.transpose(1, 2).reshape(rows, d))  # heads concatenated, (B·S, D)
+
+        x = F.embedding(src, self.embedding).mul_(self.scale).add_(self.positions[:s]).view(rows, d)  # (B·S, D)
+        for layer in self.layers:
+            x = self._sublayer(x, layer.norms[0], lambda hx, layer=layer: self_attention(hx, layer))
+            x = self._sublayer(x, layer.norms[1], lambda hx, layer=layer: layer.fc2(layer.act(layer.fc1(hx))))
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x.view(b, s, d), source_mask, torch.stack(weights, 1) if need_weights else None  # (B, L, H, S, S)
 
 
 class _Layer:
@@ -54,10 +136,16 @@ class _Layer:
         self.norms = (_Norm(layer.self_attn_res.norm), _Norm(layer.cross_attn_res.norm), _Norm(layer.ffn_res.norm))
 
 
-class FusedDecoderStep:
+class FusedDecoderStep(_Residuals):
     """`step(tokens, cache, need_weights)`: logits (N, T, V) for T new tokens per row (and the attention
-    weights on the capture path), extending the cache. Bound to the weights and precision of one
-    `PackedWeights`; `engine.InferenceEngine` rebinds it when a parameter changes."""
+    weights on the capture path), extending the cache; `start_cache` starts that cache from the encoder's
+    output. Bound to the weights and precision of one `PackedWeights`; `engine.InferenceEngine` rebinds it
+    when a parameter of `reads(model)` changes."""
+
+    @staticmethod
+    def reads(model: nn.Module) -> list[nn.Module]:
+        """The modules whose parameters a binding reads: the engine watches these for changes."""
+        return [model.tgt_embed, model.decoder_layers, model.decoder_norm, model.output_proj]
 
     def __init__(self, model: nn.Module, packed: PackedWeights) -> None:
         c = model.config
@@ -69,12 +157,15 @@ class FusedDecoderStep:
         self.layers = [_Layer(layer, packed, dtype) for layer in model.decoder_layers]
         self.final_norm = _Norm(model.decoder_norm) if self.pre else None
         self.logits: Product = packed.product(model.output_proj, extra_bias=model.logits_bias, output_layer=True, dtype=dtype)
+        cross = [lin for layer in model.decoder_layers for lin in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
+        self.cross_kv: Product = packed.product(*cross, dtype=dtype)  # (N·S, D) -> (N·S, L·2·D), every layer's in one product
 
-    def _sublayer(self, x: Tensor, norm: _Norm, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
-        """Residual + LayerNorm: post x = LN(x + f(x)), pre x = x + f(LN(x))."""
-        if self.pre:
-            return sublayer(norm(x)).add_(x)
-        return norm(sublayer(x).add_(x))
+    def start_cache(self, memory: Tensor, source_mask: Tensor, capacity: int) -> KVCache:
+        """memory: (N, S, D), source_mask: (N, S) -> what `Transformer.start_cache` returns: a cache with every
+        layer's cross-attention keys and values and room for `capacity` target positions."""
+        n, s, d = memory.shape
+        kv = self.cross_kv(memory.reshape(n * s, d)).view(n, s, len(self.layers), 2, self.n_heads, self.d_head)
+        return KVCache.create(kv.permute(2, 3, 0, 4, 1, 5).contiguous(), source_mask, capacity)  # (L, 2, N, H, S, d_k)
 
     def step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """tokens: (N, T) the next decoder inputs of every row (T = 1 at every step of a search).

@@ -41,11 +41,11 @@ from .errors import DecodingError
 Product = Callable[..., Tensor]
 
 
-def parameter_stamps(model: nn.Module) -> list[tuple]:
-    """Every parameter of `model` as it is now (its slot, the tensor, its storage and its in-place version
-    counter), for `stamps_hold` to tell later whether anything derived from them is still valid."""
+def parameter_stamps(*modules: nn.Module) -> list[tuple]:
+    """Every parameter of `modules` and their submodules as it is now (its slot, the tensor, its storage and its
+    in-place version counter), for `stamps_hold` to tell later whether anything derived from them is still valid."""
     return [(m._parameters, name, t, t.data_ptr(), t._version)
-            for m in model.modules() for name, t in m._parameters.items() if t is not None]
+            for module in modules for m in module.modules() for name, t in m._parameters.items() if t is not None]
 
 
 def stamps_hold(stamps: list[tuple]) -> bool:
@@ -73,7 +73,7 @@ class PackedWeights:
                 dtype: torch.dtype = torch.float32) -> Product:
         """The inference product of `linears` (+ `extra_bias`) on the weights as they are now, as a function of
         2-D input; see `_Pack.multiply`. Valid while the weights stay as they are (e.g. for one decoding run):
-        the fused decoder step binds its products once per run instead of checking the packs at every call."""
+        the fused encoder and decoder step bind their products once instead of checking the packs at every call."""
         key = (linears, output_layer)
         pack = self._packs.get(key)
         if pack is None or not pack.valid_for(linears, extra_bias):

@@ -9,7 +9,8 @@ The model offers three entry points and owns no decoding loop (that is `search.p
 
 Each runs through the modules with nn.Linear's arithmetic: the path training differentiates and the
 oracle the tests hold the inference engine to. Decoding for users goes through `engine.InferenceEngine`,
-which offers the same three calls on packed weights (passed here as `packed`) and a fused decoder step.
+which offers the same three calls on packed weights (passed here as `packed`) through a fused encoder and
+decoder step.
 
 Shapes: B batch, S source length, T target length, D d_model, H heads, L layers, V vocab.
 """

@@ -39,6 +39,7 @@ Stop iterating to cancel.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -153,6 +154,13 @@ def _banned_ids(model: Decoder) -> list[int]:
     return sorted({c.pad_id, c.decoder_start_id, c.bos_id} - {c.eos_id})
 
 
+@functools.lru_cache(maxsize=16)
+def _banned_tensor(ids: tuple[int, ...], device: torch.device) -> Tensor:
+    """`_banned_ids` as the index tensor the search fills with -inf, made once per model and device rather than
+    once per sentence; only ever read."""
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
 def _filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     """Top-k then nucleus (top-p) filtering on (N, V) logits; removed entries become -inf."""
     if top_k > 0:
@@ -209,6 +217,14 @@ class Greedy:
 
     def __init__(self, config: DecodeConfig, batch: int) -> None:
         self.config = config
+        self._rows: Tensor | None = None  # 0..N-1 of the first step: every row continues itself
+
+    def _identity(self, token: Tensor) -> Tensor:
+        """(N,) 0..N-1, made once per search: rows only leave the batch, so later steps use a prefix of it."""
+        n = token.size(0)
+        if self._rows is None:
+            self._rows = torch.arange(n, device=token.device)
+        return self._rows if n == self._rows.size(0) else self._rows[:n]
 
     def pick(self, st: StepInput) -> tuple[Tensor, Tensor]:
         """(tokens, their log-probs), (N,) each."""
@@ -224,7 +240,7 @@ class Greedy:
             if over:
                 st.finished[si].append(_Final(float(new_scores[r]), st.position, r, int(token[r]), float(chosen[r]), ended[r]))
             done.append(over)
-        return Choice(new_scores, token, torch.arange(token.size(0), device=token.device), chosen, done, reorder=False)
+        return Choice(new_scores, token, self._identity(token), chosen, done, reorder=False)
 
 
 class Sample(Greedy):
@@ -365,24 +381,22 @@ def search(
     n = b * k_beam
     prefix = list(prefix or [])
     n_alt = config.n_alternatives
-    src_len = src.ne(mc.pad_id).sum(1)  # (B,)
     room = mc.max_positions - 1 - len(prefix)  # target positions left after the start token and the prefix
     if room < 1:
         raise DecodingError(f"forced prefix of {len(prefix)} tokens does not fit the model's {mc.max_positions} positions")
-    max_new = [min(config.max_length(int(s), mc.max_positions), room) for s in src_len.tolist()]
+
+    encoded = model.encode(src, need_weights=need_weights)
+    src_len: list[int] = encoded.source_mask.sum(1).tolist()  # per sentence, its real source tokens
+    max_new = [min(config.max_length(s, mc.max_positions), room) for s in src_len]
     capacity = len(prefix) + max(max_new) + 1
     # A draft token is fed as the input of the position after it: the last position a sentence may fill needs none.
     drafted = draft_tokens(draft, mc, max(max_new) - 1) if k_beam == 1 else []
-
-    encoded = model.encode(src, need_weights=need_weights)
     cache = model.start_cache(encoded, capacity)  # one row per sentence until the first step is taken
-    banned = torch.tensor(_banned_ids(model), dtype=torch.long, device=device)  # ids never generated
+    banned = _banned_tensor(tuple(_banned_ids(model)), device)  # ids never generated
     hist = _History()
 
-    # Beam scores: only the first beam of each sentence is live until the first free step.
-    beam_scores = torch.zeros(b, k_beam, device=device)
-    beam_scores[:, 1:] = float("-inf")
-    beam_scores = beam_scores.view(n)  # (N,)
+    # Beam scores: only the first beam of each sentence is live until the first free step. (N,)
+    beam_scores = torch.tensor(([0.0] + [float("-inf")] * (k_beam - 1)) * b, device=device)
     seq = torch.empty(n, 0, dtype=torch.long, device=device)  # tokens of each live row
     finished: list[list[_Final]] = [[] for _ in range(b)]
     done = [False] * b
@@ -403,8 +417,8 @@ def search(
         if not all(map(math.isfinite, top_lp[:, 0].tolist())):
             raise DecodingError(f"the model produced non-finite log-probabilities at target position {position} "
                                 "(NaN or infinite weights or config values); no translation")
-        hist.alt_ids.append(top_ids[:, :n_alt])
-        hist.alt_lp.append(top_lp[:, :n_alt])
+        hist.alt_ids.append(top_ids if n_top == n_alt else top_ids[:, :n_alt])
+        hist.alt_lp.append(top_lp if n_top == n_alt else top_lp[:, :n_alt])
         if need_weights:
             hist.cross.append(out.cross_attention[:, :, :, t_index])  # (N, L, H, S)
             hist.self_.append(out.self_attention[:, :, :, t_index, : position + 1])  # (N, L, H, p+1): inputs 0..p
@@ -492,40 +506,71 @@ def search(
         logp = F.log_softmax(raw_logits, dim=-1)  # (N, V)
         row_lp, row_ids = record(out, 0, logp)
 
+    records = _Records.of(hist)
     hyps = [
-        [_trace(hist, f, need_weights, int(src_len[si])) for f in sorted(finished[si], key=lambda f: -f.score)[: config.top_beams]]
+        [_trace(hist, records, f, need_weights, src_len[si]) for f in sorted(finished[si], key=lambda f: -f.score)[: config.top_beams]]
         for si in range(b)
     ]
     enc_attn = None
     if need_weights:
-        enc_attn = [encoded.self_attention[si, :, :, : int(src_len[si]), : int(src_len[si])] for si in range(b)]
+        enc_attn = [encoded.self_attention[si, :, :, : src_len[si], : src_len[si]] for si in range(b)]
     yield SearchDone(hyps, enc_attn, step)
 
 
-def _trace(hist: _History, final: _Final, need_weights: bool, s_real: int) -> SearchHypothesis:
+@dataclass
+class _Records:
+    """The history's per-position tensors, each kind concatenated over positions once per search, so that tracing
+    a hypothesis reads Python lists and gathers its alternatives in one call instead of a few tensor calls per
+    position. Row r of position p is entry `start[p] + r` (`alt_start` for the alternatives: pre-selection rows)."""
+
+    start: list[int]  # per p: offset of the selection's rows
+    token: list[int]
+    parent: list[int]
+    chosen_lp: list[float]
+    alt_start: list[int]  # per p: offset of the alternatives' rows
+    alt_ids: Tensor  # (Σ N_p, k)
+    alt_lp: Tensor  # (Σ N_p, k)
+
+    @classmethod
+    def of(cls, hist: _History) -> "_Records":
+        def offsets(ts: list[Tensor]) -> list[int]:
+            out, total = [], 0
+            for t in ts:
+                out.append(total)
+                total += t.size(0)
+            return out
+
+        start = offsets(hist.token)
+        flat = torch.cat(hist.token + hist.parent).tolist()  # tokens, then parents: both long
+        half = len(flat) // 2
+        return cls(start, flat[:half], flat[half:], torch.cat(hist.chosen_lp).tolist(),
+                   offsets(hist.alt_ids), torch.cat(hist.alt_ids), torch.cat(hist.alt_lp))
+
+
+def _trace(hist: _History, records: _Records, final: _Final, need_weights: bool, s_real: int) -> SearchHypothesis:
     """Follow the back-pointers from the last token to the first and gather each position's records."""
-    tokens, lps, alt_i, alt_l, cross, self_ = [], [], [], [], [], []
+    tokens, lps, alt_rows, cross, self_ = [], [], [], [], []
     r, tok, lp = final.row, final.token, final.token_lp
     for p in range(final.position, -1, -1):
         tokens.append(tok)
         lps.append(lp)
-        alt_i.append(hist.alt_ids[p][r])
-        alt_l.append(hist.alt_lp[p][r])
+        alt_rows.append(records.alt_start[p] + r)
         if need_weights:
             cross.append(hist.cross[p][r, :, :, :s_real])  # (L, H, S_real)
             self_.append(hist.self_[p][r])  # (L, H, p+1)
         if p > 0:
             # row r at position p was created by the selection at p-1
-            tok = int(hist.token[p - 1][r])
-            lp = float(hist.chosen_lp[p - 1][r])
-            r = int(hist.parent[p - 1][r])
+            i = records.start[p - 1] + r
+            tok, lp, r = records.token[i], records.chosen_lp[i], records.parent[i]
     tokens.reverse()
     lps.reverse()
+    alt_rows.reverse()
+    rows = torch.tensor(alt_rows, dtype=torch.long, device=records.alt_ids.device)  # (T,)
     return SearchHypothesis(
         tokens=tokens,
         token_logprobs=lps,
-        alt_ids=torch.stack(alt_i[::-1]),
-        alt_logprobs=torch.stack(alt_l[::-1]),
+        alt_ids=records.alt_ids.index_select(0, rows),  # (T, k)
+        alt_logprobs=records.alt_lp.index_select(0, rows),
         logprob=float(sum(lps)),
         score=final.score,
         finished=final.eos,

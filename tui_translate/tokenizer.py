@@ -155,5 +155,6 @@ class Tokenizer:
         return [e.ids + [self.eos_id] for e in encs]
 
     def decode(self, ids: Iterable[int]) -> str:
-        keep = [int(i) for i in ids if int(i) not in self.special_ids]
+        special = self.special_ids  # a property that builds the set: once per call, not once per id
+        keep = [int(i) for i in ids if int(i) not in special]
         return self.target.decode(keep, skip_special_tokens=True)

@@ -41,7 +41,7 @@ class Translator:
         self.model = loaded.model.eval()
         self.tokenizer = loaded.tokenizer
         self.int8 = int8
-        # the decoding weights (packed, int8 when asked) and the fused decoder step: the model itself stays as loaded
+        # the decoding weights (packed, int8 when asked) and the fused encoder and step: the model itself stays as loaded
         self.engine = InferenceEngine(self.model, "int8" if int8 else "fp32")
 
     @classmethod
