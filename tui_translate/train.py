@@ -351,6 +351,15 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     steps in this invocation (used by tests to simulate an interruption)."""
     console = console or Console(stderr=True)
     d = setup_distributed(device)
+    try:
+        return _train(cfg, resume, console, d, stop_after)
+    finally:
+        # leaving the gloo group to interpreter shutdown can abort the process after the run is done
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: bool, console: Console, d: Dist, stop_after: int) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.out_dir).expanduser()
