@@ -23,10 +23,21 @@ def make_app(**kw) -> TranslateApp:
 
 async def settle(pilot) -> None:
     app = pilot.app
-    for _ in range(200):
-        if app.translator is not None and all(e.status != "running" for e in app.exchanges):
+    def quiet() -> bool:
+        # decoded, every finished sentence shown (not waiting for the transcript's batching timer), and the
+        # inspector following a translation when there is one: under CI load each of these can lag the last
+        for ex in app.exchanges:
+            if ex.status == "running":
+                return False
+        if app.translator is None or app.transcript.flush_scheduled or app.transcript.pending:
+            return False
+        return app.selection is not None or not any(e.has_tokens() for e in app.exchanges)
+
+    for _ in range(400):
+        if quiet():
             break
         await pilot.pause(0.02)
+    await pilot.wait_for_scheduled_animations()
     await pilot.pause(0.1)
     app.clear_notifications()
     app.query_one("#prompt").cursor_blink = False
