@@ -8,6 +8,9 @@ import random
 import pytest
 
 os.environ.setdefault("TUI_TRANSLATE_DATA", os.path.join(os.path.dirname(__file__), ".tmp-data-should-not-exist"))
+# The compiled decoder step is built and tested by test_native.py alone (into a temporary cache); elsewhere
+# engines keep the Python step and nothing starts a background build.
+os.environ["TUI_TRANSLATE_NATIVE"] = "0"
 
 FRENCH = [
     "je suis étudiant", "tu es grand", "il est petit", "elle est là",

@@ -42,6 +42,7 @@ class FakeTranslator:
         pair = hub.language_pair(self.path) if self.name != self.path.name else None
         self.source_lang, self.target_lang = pair or (self.name.split("-") if "-" in self.name else ("fr", "en"))
         self.config = FakeConfig()
+        self.notice: str | None = None  # what Translator.notice would say (the compiled decoder step's state)
         self.step_delay = step_delay
         self.gate = gate  # when set, decoding waits on it before every step (to test cancellation)
         self.confidence = confidence  # scales every token probability (to test the low-confidence marker)

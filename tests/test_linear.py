@@ -102,6 +102,23 @@ def test_int8_weights_are_close_to_fp32_and_leave_fp32_exact(model, tokenizer):
 
 
 
+@pytest.mark.parametrize("d_in", [8, 24, 32, 66])
+def test_one_row_int8_products_are_close_at_any_input_width(d_in):
+    """The weight-only int8 kernel reads its input in blocks of 16 (garbage or a crash otherwise): widths it
+    cannot take go to fbgemm, and every width gives the float32 product within the quantization error."""
+    torch.manual_seed(d_in)
+    layer = nn.Linear(d_in, 40)
+    packed = PackedWeights(int8=True)
+    x = torch.randn(1, d_in)
+    with torch.inference_mode():
+        out = packed.product(layer)(x)
+        want = layer(x)
+    (pack,) = packed.packs()
+    assert (pack.w8 is not None) == (d_in % 16 == 0 and pack.w8_row)
+    assert torch.isfinite(out).all()
+    assert (out - want).abs().max() < 0.05 * want.abs().max()
+
+
 def test_int8_products_call_the_bare_operator_with_the_packet_s_results():
     """linear.py calls fbgemm's dynamic product without the Python argument walk of `torch.ops`' packet; every
     multi-row int8 product (encoder, beam rows, output layer) must give what the packet gives, bit for bit."""

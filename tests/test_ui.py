@@ -606,6 +606,30 @@ async def test_layout_follows_the_new_width_and_the_latest_exchange_stays_in_vie
             assert transcript.scroll_y == transcript.max_scroll_y > 0, width
 
 
+async def test_the_translator_s_notice_is_shown_once_after_loading(tmp_path):
+    """A translator with something to say about its engine (the compiled decoder step still being built, or no
+    compiler here) says it once after loading, not again at every model switch; none says nothing."""
+    said = "building the compiled decoder step in the background (once per machine); using the Python step meanwhile"
+
+    def loader(path):
+        translator = fake_loader()(path)
+        translator.notice = said
+        return translator
+
+    app = TranslateApp(loader, FR, [FR, EN], store=Store(None), export_dir=tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.translator is not None)
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: app.translator is not None and app.translator.name == "en-fr")
+        shown = [n.message for n in notices(app) if "compiled decoder step" in n.message]
+        assert shown == ["Building the compiled decoder step in the background (once per machine); using the Python step meanwhile."]
+    quiet = make_app(tmp_path)
+    async with quiet.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: quiet.translator is not None)
+        await pilot.pause(0.05)
+        assert [n.message for n in notices(quiet) if "ready" not in n.message] == []
+
+
 async def test_requests_never_wait_for_a_model_that_failed_and_a_new_model_gets_none_of_them(tmp_path):
     """Bug 8: with a model that cannot load, requests queued forever on 'waiting for the model to load…';
     F3 then loaded en-fr and fed it the queued French input."""

@@ -24,6 +24,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from . import native
 from .atomic import write_text
 from .config import DecodeConfig
 from .engine import InferenceEngine
@@ -511,7 +512,7 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
     report = {"model": str(translator.path), "threads": torch.get_num_threads(), "sentences": len(texts), "block": block,
               "default_engine": "ours-int8" if INT8_DEFAULT else "ours-fast",
               "torch": torch.__version__, "rows": rows, "skipped": skipped, "training_tokens_per_s": train, "app": app,
-              "profile": profiled, "live": live_report}
+              "profile": profiled, "live": live_report, "decoder_step": native.status()}
     table = Table(title=f"tui-translate bench · {translator.name} · {len(texts)} sentences · {torch.get_num_threads()} threads"
                         f" · blocks of {block} · default engine: ours-{'int8' if INT8_DEFAULT else 'fast'}")
     table.add_column("engine", no_wrap=True, min_width=19)
@@ -534,6 +535,7 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
                       f"{lr['last_key_ms_with_draft']:.1f} ms with the draft, {lr['last_key_ms_without_draft']:.1f} ms without; "
                       f"every keystroke {lr['per_key_ms_with_draft']:.1f} / {lr['per_key_ms_without_draft']:.1f} ms"
                       + ("" if lr["same_translations"] else " [red]translations differ with the draft[/]"))
+    console.print(f"decoder step: {native.status()}")
     console.print("training step tokens/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in train.items()))
     if app:
         console.print(f"app: first frame {app['first_frame_ms']:.0f} ms, model ready {app['model_ready_ms']:.0f} ms, "

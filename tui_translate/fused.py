@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .attention import attention_probabilities, key_padding_mask
 from .cache import KVCache
 from .linear import PackedWeights, Product
@@ -47,6 +48,14 @@ class _Norm:
 
     def __call__(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
+
+
+_NATIVE_ACTIVATIONS = ("relu", "gelu", "gelu_new", "swish", "silu")  # those csrc/decoder_step.cpp computes
+
+
+def _norm_spec(norm: nn.LayerNorm) -> tuple:
+    """A LayerNorm's arguments for the compiled step: (normalized_shape, weight, bias, eps)."""
+    return (list(norm.normalized_shape), norm.weight, norm.bias, float(norm.eps))
 
 
 class _Residuals:
@@ -159,13 +168,45 @@ class FusedDecoderStep(_Residuals):
         self.logits: Product = packed.product(model.output_proj, extra_bias=model.logits_bias, output_layer=True, dtype=dtype)
         cross = [lin for layer in model.decoder_layers for lin in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
         self.cross_kv: Product = packed.product(*cross, dtype=dtype)  # (N·S, D) -> (N·S, L·2·D), every layer's in one product
+        self._model, self._packed = model, packed
+        # the compiled one-token step (native.py), bound once the extension is loaded; None: the Python step
+        self.native = None
+        self._native_possible = (native.enabled() and dtype == torch.float32 and self.embedding.device.type == "cpu"
+                                 and c.activation in _NATIVE_ACTIVATIONS)
 
     def start_cache(self, memory: Tensor, source_mask: Tensor, capacity: int) -> KVCache:
         """memory: (N, S, D), source_mask: (N, S) -> what `Transformer.start_cache` returns: a cache with every
         layer's cross-attention keys and values and room for `capacity` target positions."""
+        if self._native_possible and self.native is None:
+            self._bind_native()
         n, s, d = memory.shape
         kv = self.cross_kv(memory.reshape(n * s, d)).view(n, s, len(self.layers), 2, self.n_heads, self.d_head)
         return KVCache.create(kv.permute(2, 3, 0, 4, 1, 5).contiguous(), source_mask, capacity)  # (L, 2, N, H, S, d_k)
+
+    def _bind_native(self) -> None:
+        """Hand one-token steps to the compiled step once the extension is loaded (checked once per run)."""
+        ext = native.module()
+        if ext is None:
+            return
+        self._native_possible = False  # bound now, or never for these weights
+        try:
+            self.native = self._native_step(ext)
+        except Exception as e:  # noqa: BLE001 - the Python step computes the same; said once
+            native.report_failure(f"the compiled decoder step could not bind this model ({type(e).__name__}: {e})")
+
+    def _native_step(self, ext):
+        model, packed = self._model, self._packed
+        step = ext.Step(self.d_model, self.n_heads, self.pre, ext.ACTIVATIONS[model.config.activation], self.embedding,
+                        self.positions, float(self.scale))
+        for layer in model.decoder_layers:
+            sa, ca, ffn = layer.self_attn, layer.cross_attn, layer.ffn
+            products = [packed.native_spec(*linears) for linears in (
+                (sa.q_proj, sa.k_proj, sa.v_proj), (sa.out_proj,), (ca.q_proj,), (ca.out_proj,), (ffn.fc1,), (ffn.fc2,))]
+            norms = [_norm_spec(res.norm) for res in (layer.self_attn_res, layer.cross_attn_res, layer.ffn_res)]
+            step.add_layer(products, norms)
+        step.set_output(packed.native_spec(model.output_proj, extra_bias=model.logits_bias, output_layer=True),
+                        _norm_spec(model.decoder_norm) if self.pre else None)
+        return step
 
     def step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """tokens: (N, T) the next decoder inputs of every row (T = 1 at every step of a search).
@@ -176,6 +217,18 @@ class FusedDecoderStep(_Residuals):
         n, t = tokens.shape
         if pos + t > self.max_positions:
             raise ValueError(f"sequence of {pos + t} positions exceeds max_positions={self.max_positions}")
+        if t == 1 and self.native is not None:
+            if pos + 1 > cache.capacity:
+                raise ValueError(f"KV cache capacity {cache.capacity} exceeded")
+            try:
+                out = self.native.step(tokens, cache.self_kv, pos, cache.cross_kv, cache.cross_mask, need_weights)
+            except RuntimeError:
+                # e.g. activations overflowed (fbgemm refuses NaN): the Python step below redoes this step over the
+                # same cache positions and reports it as it would have; these weights stay on the Python step
+                self.native = None
+            else:
+                cache.advance(1)
+                return (out[0], out[1], out[2]) if need_weights else (out[0], None, None)
         d, h, dk, rows = self.d_model, self.n_heads, self.d_head, n * t
         self_ws: list[Tensor] = []
         cross_ws: list[Tensor] = []

@@ -80,6 +80,15 @@ class PackedWeights:
             pack = self._packs[key] = _Pack.build(linears, extra_bias, output_layer)
         return pack.multiply_int8 if self.int8 and dtype == torch.float32 else pack.multiply
 
+    def native_spec(self, *linears: nn.Linear, extra_bias: Tensor | None = None, output_layer: bool = False) -> tuple:
+        """What the C++ decoder step (`native.py`) needs to compute `product(*linears, ...)` with the kernels the
+        Python product would choose, for one row and for several (float32 weights on the CPU)."""
+        key = (linears, output_layer)
+        pack = self._packs.get(key)
+        if pack is None or not pack.valid_for(linears, extra_bias):
+            pack = self._packs[key] = _Pack.build(linears, extra_bias, output_layer)
+        return pack.native_spec(self.int8)
+
     def packs(self) -> list["_Pack"]:
         return list(self._packs.values())
 
@@ -88,6 +97,8 @@ _ONEDNN_BATCH_HINT = 64  # rows the oneDNN weight layout is tuned for; any row c
 _onednn_ok = torch.backends.mkldnn.is_available()
 _ROW_SPLITS = 4  # column blocks of a hidden-layer or one-row product
 _W8_ROW = hasattr(torch, "_weight_int8pack_mm")  # weight-only int8 kernel (torch >= 2.3)
+# Its CPU kernel reads the input dimension in blocks of 16 and returns garbage (or crashes) for any other width.
+_W8_BLOCK = 16
 # fbgemm's dynamic int8 product as the bare C++ operator. Its weight argument is a TorchScript class, and
 # for such operators `torch.ops.quantized.linear_dynamic(...)` first walks its arguments in Python looking
 # for fake script objects (torch.export's tracing stand-ins, which decoding never passes): a few µs per
@@ -120,6 +131,7 @@ class _Pack:
         self.int8 = None  # fbgemm-packed int8 weight (per-output-channel scales), built on first int8 use
         self.split: tuple[Tensor, Tensor] | None = None  # column blocks (s, D_in, ΣD_out/s) + bias (s, 1, ΣD_out/s)
         self.w8: tuple[Tensor, Tensor] | None = None  # int8 (ΣD_out, D_in) + bf16 per-row scales, for one-row int8 products
+        self.w8_row = _W8_ROW and not output_layer and weight.size(0) % _W8_BLOCK == 0
 
     @classmethod
     def build(cls, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None, output_layer: bool) -> "_Pack":
@@ -133,7 +145,7 @@ class _Pack:
         """flat: (rows, D_in) float -> (rows, ΣD_out), int8 weights."""
         rows = flat.size(0)
         step = step_rows or rows
-        if step == 1 and _W8_ROW and not self.output_layer:
+        if step == 1 and self.w8_row:
             # One row (greedy decoding of one sentence): weight-only int8 GEMV on bf16 activations, with no
             # per-call quantization work (fbgemm's costs more than the product of a 256-wide layer); not for
             # the output layer, whose bf16-rounded logits would reorder near-tied words. Its rows are
@@ -164,6 +176,30 @@ class _Pack:
             # fbgemm cannot quantize NaN or infinite activations; float32 meets the same overflow one step later
             # as non-finite log-probabilities. Checked only on failure: the hot path pays nothing.
             raise DecodingError("the model's activations overflowed to NaN or infinity (its weights are unusable)") from None
+
+    def native_spec(self, int8: bool) -> tuple:
+        """(kernel for one row, kernel for several rows, weight, bias, int8 weight, bf16 scales, column blocks,
+        their bias, fbgemm's packed weight, oneDNN's reordered weight), None where unused: the kernels
+        `multiply_int8` / `multiply` choose for a one-token step of 1 and of several rows (see
+        csrc/decoder_step.cpp's `Kernel`), with the copies they use built now."""
+        kernels = {"w8": 0, "split": 1, "fbgemm": 2, "onednn": 3, "addmm": 4}
+        zero = torch.zeros(1)
+        if int8:
+            one = "w8" if self.w8_row else "fbgemm"
+            self.multiply_int8(zero.expand(1, self.weight.size(0)))  # builds the copies one row uses
+            if self.int8 is None:
+                self.multiply_int8(zero.expand(2, self.weight.size(0)))  # and those of several rows
+            w8 = self.w8 or (None, None)
+            return (kernels[one], kernels["fbgemm"], None, self.bias, *w8, None, None, self.int8, None)
+        splits = self.weight.size(1) % _ROW_SPLITS == 0
+        one = "split" if splits else "addmm"
+        many = "split" if splits and not self.output_layer else "onednn" if _onednn_ok else "addmm"
+        for rows in (1, 2):
+            self.multiply(zero.expand(rows, self.weight.size(0)))  # builds the copies each uses
+        if many == "onednn" and self.onednn is None:  # oneDNN failed just now: `multiply` fell back to a GEMM
+            many = "addmm"
+        split = self.split or (None, None)
+        return (kernels[one], kernels[many], self.weight, self.bias, None, None, *split, None, self.onednn)
 
     def _per_channel_scales(self) -> tuple[Tensor, Tensor]:
         """The weight as (ΣD_out, D_in) and its symmetric int8 scale per output channel, (ΣD_out,)."""

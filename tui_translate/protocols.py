@@ -20,6 +20,7 @@ class TranslatorLike(Protocol):
     source_lang: str
     target_lang: str
     path: Path
+    notice: str | None  # one line worth telling the user about the decoding engine, or None
 
     def segments(self, text: str) -> list[str]:
         """The sentences `text` is translated as, one exchange each (raises InputTooLong past the cap)."""

@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import LoadedModel
 from .config import DecodeConfig, ModelConfig
+from . import native
 from .engine import InferenceEngine
 from .loading import load_model
 from .model import Transformer
@@ -76,6 +77,12 @@ class Translator:
     @property
     def config(self) -> ModelConfig:
         return self.loaded.config
+
+    @property
+    def notice(self) -> str | None:
+        """One line for the user when decoding runs slower than it could (the compiled decoder step being
+        built, or unavailable here, and why); None when there is nothing to say."""
+        return native.notice()
 
     # -- segmentation -------------------------------------------------------------------------
     def check_length(self, text: str) -> None:
@@ -256,6 +263,7 @@ def load_translator(path: str | Path | None = None, threads: int = 0, int8: bool
     from .paths import default_model_dir
 
     translator = Translator.load(path or default_model_dir(), threads, int8)
+    native.start_build()  # once per machine, in the background: decoding starts on the Python step
     freeze_startup_objects()
     return translator
 

@@ -90,6 +90,7 @@ class TranslateApp(AppActions, App):
         self.catalog, self.model_entries = catalog, {}  # model_entries: Path in self.models -> its catalog entry
         self._pairs: dict[Path, tuple[str, str] | None] = {}  # language pairs read from the models' files
         self._download: tuple[int, int] | None = None  # bytes of the Hub model being downloaded, for the subtitle
+        self._last_notice: str | None = None  # the translator's last notice shown: said once, not at every model switch
         self.store, self.export_dir = store or Store(None), export_dir or Path.cwd()
         self.translator: TranslatorLike | None = None
         self.loading, self.load_error = False, ""  # load_error: why the last model failed, told when a request finds none
@@ -268,6 +269,10 @@ class TranslateApp(AppActions, App):
             self.models.append(self.model_path)
         self._update_subtitle()
         self.notify(f"Model {self.translator.name} ready ({message.seconds:.1f} s)", timeout=3)
+        notice = self.translator.notice  # e.g. the compiled decoder step still being built
+        if notice and notice != self._last_notice:
+            self._last_notice = notice
+            self.notify(notice[:1].upper() + notice[1:] + ".", timeout=6)
         self.save_settings()
         # The detector learns the languages of the models from their own files (a Hub de-en model: German).
         langid.want([self.translator.source_lang, self.translator.target_lang,

@@ -1,0 +1,212 @@
+"""The compiled decoder step (native.py, csrc/decoder_step.cpp) against the Python fused step: the same
+logits, attention weights, cache contents and search outputs, bit for bit. Built once per test session
+into a temporary cache (about half a minute); skipped only where there is no C++ compiler."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import FRENCH, fit_briefly, make_model
+from tui_translate import native
+from tui_translate.config import DecodeConfig
+from tui_translate.engine import InferenceEngine
+from tui_translate.search import search_in_batches
+from tui_translate.translator import Translator
+
+
+@pytest.fixture(scope="session")
+def extension(tmp_path_factory):
+    if native.compiler() is None:
+        pytest.skip("no C++ compiler (or ninja): the compiled step cannot be built here")
+    # one build for the whole run: pytest-xdist's workers share the parent of their base temp directories,
+    # and native.build's file lock makes a second worker wait for the first one's artifact
+    root = tmp_path_factory.getbasetemp()
+    os.environ["TUI_TRANSLATE_CACHE"] = str((root.parent if root.name.startswith("popen-gw") else root) / "native-cache")
+    os.environ["TUI_TRANSLATE_NATIVE"] = "1"
+    try:
+        native.build()
+        ext = native.module()
+    finally:
+        os.environ["TUI_TRANSLATE_NATIVE"] = "0"  # the other tests' engines keep the Python step
+    assert ext is not None, native.status()
+    return ext
+
+
+@pytest.fixture
+def use_native(extension, monkeypatch):
+    """Engines bound inside the test take the compiled step once the extension is loaded."""
+    monkeypatch.setenv("TUI_TRANSLATE_NATIVE", "1")
+    return extension
+
+
+def _batch():
+    src = torch.tensor([[5, 6, 7, 8, 9, 2], [10, 11, 2, 0, 0, 0], [12, 13, 14, 2, 0, 0]])  # padded: a cross mask
+    tgt = torch.tensor([[1, 12, 13, 14, 15, 16, 17], [1, 18, 19, 20, 21, 22, 23], [1, 30, 31, 32, 33, 34, 35]])
+    return src, tgt
+
+
+CASES = [  # (norm, activation, d_ff): d_ff 66 is not a multiple of the 4 column blocks (plain GEMM in float32)
+    ("post", "relu", 64),
+    ("pre", "gelu", 64),
+    ("post", "gelu_new", 66),
+    ("pre", "swish", 66),
+]
+
+
+@pytest.mark.parametrize("norm,activation,d_ff", CASES)
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_compiled_step_equals_python_step(tokenizer, use_native, norm, activation, d_ff, int8, rows, need_weights):
+    """One-token steps through a beam-style reorder: logits, attention and the cache equal the Python step's."""
+    model = make_model(tokenizer, norm_placement=norm, activation=activation, d_ff=d_ff, final_logits_bias=True)
+    compiled, python = InferenceEngine(model, "int8" if int8 else "fp32"), InferenceEngine(model, "int8" if int8 else "fp32")
+    src, tgt = _batch()
+    src, tgt = src[:rows], tgt[:rows]
+    with torch.inference_mode():
+        a_cache = compiled.start_cache(compiled.encode(src), capacity=tgt.size(1))
+        assert compiled.fused_step().native is not None
+        python.fused_step().native = None  # this engine's bound step stays in Python
+        python.fused_step()._native_possible = False
+        b_cache = python.start_cache(python.encode(src), capacity=tgt.size(1))
+        assert python.fused_step().native is None
+        for i in range(tgt.size(1)):
+            if i == 3:
+                order = torch.arange(rows).flip(0)
+                a_cache.reorder(order, same_source=rows == 1)
+                b_cache.reorder(order, same_source=rows == 1)
+            a = compiled.decode_step(tgt[:, i : i + 1], a_cache, need_weights)
+            b = python.decode_step(tgt[:, i : i + 1], b_cache, need_weights)
+            assert torch.equal(a.logits, b.logits), (i, (a.logits - b.logits).abs().max())
+            if need_weights:
+                assert torch.equal(a.self_attention, b.self_attention) and torch.equal(a.cross_attention, b.cross_attention)
+            else:
+                assert a.self_attention is None and a.cross_attention is None
+        assert a_cache.length == b_cache.length == tgt.size(1)
+        assert torch.equal(a_cache.self_kv[..., : a_cache.length, :], b_cache.self_kv[..., : b_cache.length, :])
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_searches_are_identical_with_the_compiled_step(tokenizer, use_native, int8):
+    """Greedy, beam search (3-best) and seeded sampling, with and without attention, one sentence and padded
+    batches: every token, log-probability, score and attention map equals the Python step's."""
+    model = fit_briefly(make_model(tokenizer, seed=3), tokenizer)
+    sources = [tokenizer.encode(s).ids for s in FRENCH[:4]]
+    configs = [DecodeConfig(), DecodeConfig(strategy="beam", beam_size=4, top_beams=3), DecodeConfig(strategy="sample", seed=7, top_k=20)]
+    results = {}
+    for on in (True, False):
+        if not on:
+            os.environ["TUI_TRANSLATE_NATIVE"] = "0"
+        translator = Translator.for_model(model, tokenizer, int8=int8)
+        runs = []
+        for config in configs:
+            for need_weights in (False, True):
+                for batch_size in (1, 3):
+                    for rows, done, _ in search_in_batches(translator.engine, sources, config, batch_size, need_weights):
+                        runs.append((rows, _summary(done, need_weights)))
+        assert (translator.engine.fused_step().native is not None) == on
+        results[on] = runs
+    for (rows_a, a), (rows_b, b) in zip(results[True], results[False], strict=True):
+        assert rows_a == rows_b
+        assert a == b
+
+
+def _summary(done, need_weights: bool) -> list:
+    """Everything a search returns, as plain values (tensors as bytes, so equality is exact)."""
+    def raw(t):
+        return None if t is None else (tuple(t.shape), t.numpy().tobytes())
+
+    out = [done.steps]
+    for hyps in done.hypotheses:
+        for h in hyps:
+            out.append((h.tokens, h.token_logprobs, h.logprob, h.score, h.finished, raw(h.alt_ids), raw(h.alt_logprobs),
+                        raw(h.cross_attention), raw(h.self_attention)))
+    if need_weights:
+        out.append([raw(t) for t in done.encoder_attention])
+    return out
+
+
+def test_the_python_step_takes_over_when_the_compiled_step_fails(tokenizer, use_native):
+    """A step the extension raises on (fbgemm refuses NaN activations, say) is redone by the Python step over
+    the same cache positions, and those weights stay on the Python step."""
+    model = make_model(tokenizer)
+    engine, reference = InferenceEngine(model), InferenceEngine(model)
+    src, tgt = _batch()
+    with torch.inference_mode():
+        cache = engine.start_cache(engine.encode(src), capacity=tgt.size(1))
+        step = engine.fused_step()
+
+        class Broken:
+            def step(self, *args):
+                raise RuntimeError("simulated failure")
+
+        step.native = Broken()
+        reference.fused_step()._native_possible = False
+        ref_cache = reference.start_cache(reference.encode(src), capacity=tgt.size(1))
+        for i in range(3):
+            a = engine.decode_step(tgt[:, i : i + 1], cache)
+            b = reference.decode_step(tgt[:, i : i + 1], ref_cache)
+            assert torch.equal(a.logits, b.logits)
+        assert step.native is None and cache.length == 3
+
+
+def test_capacity_is_checked_before_the_compiled_step_writes(tokenizer, use_native):
+    model = make_model(tokenizer)
+    engine = InferenceEngine(model)
+    src, tgt = _batch()
+    with torch.inference_mode():
+        cache = engine.start_cache(engine.encode(src), capacity=2)
+        assert engine.fused_step().native is not None
+        engine.decode_step(tgt[:, :1], cache)
+        engine.decode_step(tgt[:, 1:2], cache)
+        with pytest.raises(ValueError, match="capacity"):
+            engine.decode_step(tgt[:, 2:3], cache)
+
+
+def test_status_lines(monkeypatch, tmp_path):
+    """Off, no compiler, not built: one line each, and no background build is started for them."""
+    monkeypatch.setenv("TUI_TRANSLATE_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failed", None)
+    monkeypatch.setenv("TUI_TRANSLATE_NATIVE", "0")
+    assert "off" in native.status() and native.module() is None and not native.start_build()
+    monkeypatch.setenv("TUI_TRANSLATE_NATIVE", "1")
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    assert "no C++ compiler" in native.status() and not native.start_build()
+    monkeypatch.setattr(native, "compiler", lambda: "/usr/bin/c++")
+    assert "not built yet" in native.status()
+    native.cache_dir().mkdir(parents=True)
+    native._log().write_text("FAILED: CalledProcessError: ...\n")
+    assert "failed" in native.status() and not native.start_build()  # not retried at every start
+    native.artifact().write_bytes(b"not a shared object")
+    assert native.module() is None and "did not load" in native.status()
+
+
+def test_loading_a_translator_starts_the_background_build_and_says_so(monkeypatch, tmp_path):
+    """The entry points' loader starts the build (detached, never waited for) and the translator's notice
+    tells the user the Python step decodes meanwhile."""
+    from tui_translate.translator import load_translator
+
+    monkeypatch.setenv("TUI_TRANSLATE_CACHE", str(tmp_path))
+    monkeypatch.setenv("TUI_TRANSLATE_NATIVE", "1")
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failed", None)
+    monkeypatch.setattr(native, "compiler", lambda: "/usr/bin/c++")
+    started = []
+
+    def start_build() -> bool:  # what the real one leaves behind while its detached process compiles
+        started.append(True)
+        native.cache_dir().mkdir(parents=True, exist_ok=True)
+        native._log().write_text("building\n")
+        return True
+
+    monkeypatch.setattr(native, "start_build", start_build)
+    translator = load_translator(Path(__file__).resolve().parent.parent / "models" / "fr-en")
+    assert started == [True]
+    assert "in the background" in translator.notice
+    assert translator.translate("Je suis étudiant.").text  # decodes meanwhile, on the Python step
+    assert translator.engine.fused_step().native is None

@@ -1,0 +1,243 @@
+// The fused decoder step of `fused.FusedDecoderStep` for one new token per row, in C++.
+//
+// Why: a one-token step of a small model issues about 150 ATen calls whose kernels take a few
+// microseconds each; from Python every call also pays the interpreter, the argument parsing and the
+// Tensor wrappers, which is most of the step's time. This file issues the same ATen calls, with the same
+// arguments, views and order as `FusedDecoderStep.step` (t == 1), so every kernel sees the same inputs
+// and the logits and attention weights are bit-identical to the Python step (tests assert it). It holds
+// no weights of its own: the tensors are those the Python side packed (`linear._Pack.native_spec`).
+//
+// Shapes: N rows (sentences x beams), D d_model, H heads, d_k = D / H, S source length, V vocab,
+// L decoder layers, T_max the cache's capacity, P the positions cached before this step.
+
+#include <torch/extension.h>
+#include <torch/csrc/jit/api/object.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+// How a product is computed; the Python side chooses it with `linear._Pack`'s rules, once for one row
+// and once for several rows, so that the C++ step calls the kernel the Python step would.
+enum Kernel : int64_t {
+  kW8 = 0,       // weight-only int8 GEMV on bf16 activations, then + bias in float32
+  kSplit = 1,    // float32 column blocks as one batched product (baddbmm)
+  kFbgemm = 2,   // fbgemm's dynamic int8 product (quantized::linear_dynamic) on a prepacked weight
+  kOnednn = 3,   // oneDNN's linear on a reordered weight (mkldnn::_linear_pointwise)
+  kAddmm = 4,    // plain GEMM on the (D_in, D_out) weight
+};
+
+constexpr int64_t kRowSplits = 4;  // linear._ROW_SPLITS
+
+const c10::OperatorHandle& linear_dynamic_op() {
+  static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::linear_dynamic", "");
+  return op;
+}
+
+const c10::OperatorHandle& onednn_linear_op() {
+  static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  return op;
+}
+
+struct Product {
+  int64_t one = kAddmm;   // kernel for a one-row call
+  int64_t many = kAddmm;  // kernel for several rows
+  Tensor weight, bias;    // (D_in, D_out) and (D_out,) or undefined
+  Tensor q8, scales8;     // kW8: int8 (D_out, D_in), bf16 scales (D_out,)
+  Tensor blocks, block_bias;  // kSplit: (s, D_in, D_out / s), (s, 1, D_out / s)
+  c10::IValue fbgemm;     // kFbgemm: the prepacked weight (a TorchScript custom class)
+  Tensor onednn;          // kOnednn: the reordered weight
+
+  Tensor operator()(const Tensor& flat) const {
+    const int64_t rows = flat.size(0);
+    switch (rows == 1 ? one : many) {
+      case kW8: {
+        Tensor out = at::_weight_int8pack_mm(flat.to(at::kBFloat16), q8, scales8).to(at::kFloat);
+        return bias.defined() ? out.add_(bias) : out;
+      }
+      case kSplit: {
+        Tensor out = at::baddbmm(block_bias, flat.expand({kRowSplits, rows, flat.size(1)}), blocks);  // (s, rows, D_out / s)
+        return rows == 1 ? out.view({1, -1}) : out.transpose(0, 1).reshape({rows, -1});  // (rows, D_out)
+      }
+      case kFbgemm: {
+        torch::jit::Stack stack{flat.contiguous(), fbgemm, true};
+        linear_dynamic_op().callBoxed(&stack);
+        return stack[0].toTensor();
+      }
+      case kOnednn: {
+        c10::impl::GenericList scalars(c10::OptionalType::create(c10::NumberType::get()));
+        torch::jit::Stack stack{flat.contiguous(), onednn, bias.defined() ? c10::IValue(bias) : c10::IValue(),
+                                c10::IValue(std::string("none")), c10::IValue(std::move(scalars)), c10::IValue(std::string(""))};
+        onednn_linear_op().callBoxed(&stack);
+        return stack[0].toTensor();
+      }
+      default:
+        return bias.defined() ? at::addmm(bias, flat, weight) : at::mm(flat, weight);
+    }
+  }
+};
+
+struct Norm {
+  std::vector<int64_t> shape;
+  Tensor weight, bias;
+  double eps = 1e-5;
+  Tensor operator()(const Tensor& x) const { return at::layer_norm(x, shape, weight, bias, eps, false); }
+};
+
+struct Layer {
+  Product qkv, self_out, cross_q, cross_out, fc1, fc2;
+  Norm norms[3];
+};
+
+enum Activation : int64_t { kRelu = 0, kGelu = 1, kGeluTanh = 2, kSilu = 3 };
+
+class Step {
+ public:
+  Step(int64_t d_model, int64_t n_heads, bool pre_norm, int64_t activation, Tensor embedding, Tensor positions,
+       double scale)
+      : d_(d_model), h_(n_heads), dk_(d_model / n_heads), pre_(pre_norm), act_(activation),
+        embedding_(std::move(embedding)), positions_(std::move(positions)), scale_(scale) {}
+
+  void add_layer(std::vector<py::tuple> products, std::vector<py::tuple> norms) {
+    TORCH_CHECK(products.size() == 6 && norms.size() == 3, "a layer has 6 products and 3 norms");
+    Layer layer;
+    Product* slots[6] = {&layer.qkv, &layer.self_out, &layer.cross_q, &layer.cross_out, &layer.fc1, &layer.fc2};
+    for (size_t i = 0; i < 6; ++i) *slots[i] = product(products[i]);
+    for (size_t i = 0; i < 3; ++i) layer.norms[i] = norm(norms[i]);
+    layers_.push_back(std::move(layer));
+  }
+
+  void set_output(py::tuple logits, std::optional<py::tuple> final_norm) {
+    logits_ = product(logits);
+    if (final_norm) final_norm_ = norm(*final_norm);
+  }
+
+  // tokens: (N, 1) next decoder inputs; self_kv: (L, 2, N, H, T_max, d_k), positions below `pos` filled;
+  // cross_kv: (L, 2, N, H, S, d_k); cross_mask: (N, 1, 1, S) bool or None.
+  // Returns [logits (N, 1, V)] and, with need_weights, the self-attention (N, L, H, 1, P + 1) and the
+  // cross-attention (N, L, H, 1, S). Writes the new keys/values at position `pos`; the caller advances the cache.
+  std::vector<Tensor> step(const Tensor& tokens, const Tensor& self_kv, int64_t pos, const Tensor& cross_kv,
+                           const std::optional<Tensor>& cross_mask, bool need_weights) const {
+    const int64_t n = tokens.size(0), end = pos + 1;
+    std::vector<Tensor> self_ws, cross_ws;
+    Tensor x = at::embedding(embedding_, tokens).mul_(scale_).add_(positions_.slice(0, pos, end)).view({n, d_});  // (N, D)
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const Layer& layer = layers_[i];
+      const int64_t li = static_cast<int64_t>(i);
+      Tensor cross_k = cross_kv.select(0, li).select(0, 0), cross_v = cross_kv.select(0, li).select(0, 1);  // (N, H, S, d_k)
+      x = sublayer(x, layer.norms[0], [&](const Tensor& hx) {
+        Tensor qkv = layer.qkv(hx).view({n, 1, 3, h_, dk_}).permute({2, 0, 3, 1, 4});  // (3, N, H, 1, d_k)
+        Tensor buf = self_kv.select(0, li);  // (2, N, H, T_max, d_k)
+        buf.slice(3, pos, end).copy_(qkv.slice(0, 1, 3));
+        Tensor k = buf.select(0, 0).slice(2, 0, end), v = buf.select(0, 1).slice(2, 0, end);  // (N, H, P + 1, d_k)
+        return layer.self_out(attend(qkv.select(0, 0), k, v, std::nullopt, need_weights, self_ws, n));
+      });
+      x = sublayer(x, layer.norms[1], [&](const Tensor& hx) {
+        Tensor q = layer.cross_q(hx).view({n, 1, h_, dk_}).transpose(1, 2);  // (N, H, 1, d_k)
+        return layer.cross_out(attend(q, cross_k, cross_v, cross_mask, need_weights, cross_ws, n));
+      });
+      x = sublayer(x, layer.norms[2], [&](const Tensor& hx) { return layer.fc2(activate(layer.fc1(hx))); });
+    }
+    if (final_norm_) x = (*final_norm_)(x);
+    std::vector<Tensor> out{logits_(x).view({n, 1, -1})};  // (N, 1, V)
+    if (need_weights) {
+      out.push_back(at::stack(self_ws, 1));   // (N, L, H, 1, P + 1)
+      out.push_back(at::stack(cross_ws, 1));  // (N, L, H, 1, S)
+    }
+    return out;
+  }
+
+ private:
+  static Product product(const py::tuple& spec) {
+    // (one, many, weight, bias, q8, scales8, blocks, block_bias, fbgemm, onednn), None where unused
+    TORCH_CHECK(spec.size() == 10, "a product spec has 10 fields");
+    Product p;
+    p.one = spec[0].cast<int64_t>();
+    p.many = spec[1].cast<int64_t>();
+    auto tensor = [&](size_t i) { return spec[i].is_none() ? Tensor() : spec[i].cast<Tensor>(); };
+    p.weight = tensor(2);
+    p.bias = tensor(3);
+    p.q8 = tensor(4);
+    p.scales8 = tensor(5);
+    p.blocks = tensor(6);
+    p.block_bias = tensor(7);
+    if (!spec[8].is_none()) p.fbgemm = c10::IValue(spec[8].cast<torch::jit::Object>()._ivalue());
+    p.onednn = tensor(9);
+    return p;
+  }
+
+  static Norm norm(const py::tuple& spec) {  // (normalized_shape, weight, bias, eps)
+    Norm nm;
+    nm.shape = spec[0].cast<std::vector<int64_t>>();
+    nm.weight = spec[1].cast<Tensor>();
+    nm.bias = spec[2].cast<Tensor>();
+    nm.eps = spec[3].cast<double>();
+    return nm;
+  }
+
+  template <typename F>
+  Tensor sublayer(const Tensor& x, const Norm& norm, F&& f) const {
+    // post-norm x = LN(x + f(x)); pre-norm x = x + f(LN(x))  (fused._Residuals)
+    return pre_ ? f(norm(x)).add_(x) : norm(f(x).add_(x));
+  }
+
+  Tensor activate(const Tensor& x) const {
+    switch (act_) {
+      case kGelu: return at::gelu(x, "none");
+      case kGeluTanh: return at::gelu(x, "tanh");
+      case kSilu: return at::silu(x);
+      default: return at::relu(x);
+    }
+  }
+
+  // One query per row: q (N, H, 1, d_k), k/v (N, H, S, d_k) -> context (N, D), heads concatenated.
+  Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& mask, bool need_weights,
+                std::vector<Tensor>& keep, int64_t n) const {
+    Tensor ctx;
+    if (need_weights) {  // attention.attention_probabilities: softmax(QK^T / sqrt(d_k)), the row maximum subtracted
+      Tensor scores = at::matmul(q, k.transpose(-2, -1)).div(std::sqrt(static_cast<double>(dk_)));  // (N, H, 1, S)
+      if (mask) scores = scores.masked_fill(mask->bitwise_not(), -std::numeric_limits<double>::infinity());
+      scores = scores.sub(scores.amax({-1}, true));
+      Tensor weights = scores.exp();
+      weights = weights.div(weights.sum(-1, true));
+      keep.push_back(weights);
+      ctx = at::matmul(weights, v);
+    } else {
+      ctx = at::scaled_dot_product_attention(q, k, v, mask);  // (N, H, 1, d_k)
+    }
+    return ctx.reshape({n, d_});
+  }
+
+  int64_t d_, h_, dk_;
+  bool pre_;
+  int64_t act_;
+  Tensor embedding_, positions_;
+  double scale_;
+  std::vector<Layer> layers_;
+  Product logits_;
+  std::optional<Norm> final_norm_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "tui-translate's decoder step in C++ (see fused.py)";
+  m.attr("KERNELS") = py::dict(py::arg("w8") = static_cast<int64_t>(kW8), py::arg("split") = static_cast<int64_t>(kSplit),
+                               py::arg("fbgemm") = static_cast<int64_t>(kFbgemm), py::arg("onednn") = static_cast<int64_t>(kOnednn),
+                               py::arg("addmm") = static_cast<int64_t>(kAddmm));
+  m.attr("ACTIVATIONS") = py::dict(py::arg("relu") = static_cast<int64_t>(kRelu), py::arg("gelu") = static_cast<int64_t>(kGelu),
+                                   py::arg("gelu_new") = static_cast<int64_t>(kGeluTanh), py::arg("swish") = static_cast<int64_t>(kSilu),
+                                   py::arg("silu") = static_cast<int64_t>(kSilu));
+  py::class_<Step>(m, "Step")
+      .def(py::init<int64_t, int64_t, bool, int64_t, Tensor, Tensor, double>())
+      .def("add_layer", &Step::add_layer)
+      .def("set_output", &Step::set_output)
+      .def("step", &Step::step, py::call_guard<py::gil_scoped_release>());
+}
