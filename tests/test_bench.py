@@ -21,13 +21,14 @@ def test_bench_measures_every_engine_on_identical_weights(tokenizer, tmp_path, c
     tsv = tmp_path / "valid.tsv"
     tsv.write_text("".join(f"{f}\t{e}\n" for f, e in zip(FRENCH, ENGLISH)), encoding="utf-8")
     out = tmp_path / "bench.json"
-    code = main(["bench", "--model", str(model_dir), "--tsv", str(tsv), "--sentences", "6", "--threads", "1",
+    code = main(["bench", "--model", str(model_dir), "--tsv", str(tsv), "--sentences", "6", "--threads", "2",
                  "--batch-sizes", "1", "4", "--block", "4", "--json", str(out), "--no-app"])
     assert code == 0
     report = json.loads(out.read_text())
     assert report["skipped"] == {}  # transformers and ctranslate2 are test dependencies
     assert report["block"] == 4  # batch 1 in blocks of 4 sentences (then 2), batch 4 one batch per block
-    engines = {"ours-fast", "ours-capture", "ours-int8", "transformers", "ctranslate2-float32", "ctranslate2-int8"}
+    engines = {"ours-fast", "ours-capture", "ours-int8", "transformers", "ctranslate2-float32", "ctranslate2-int8",
+               "ctranslate2-float32-1t", "ctranslate2-int8-1t"}  # CTranslate2 at one thread too: its best is compared
     cells = {(r["engine"], r["strategy"], r["batch"]) for r in report["rows"]}
     assert cells == {(e, s, b) for e in engines for s in ("greedy", "beam5") for b in (1, 4)}
     for r in report["rows"]:

@@ -630,6 +630,23 @@ async def test_the_translator_s_notice_is_shown_once_after_loading(tmp_path):
         assert [n.message for n in notices(quiet) if "ready" not in n.message] == []
 
 
+async def test_translations_shown_while_the_app_closes_are_saved_without_a_crash(tmp_path):
+    """Found by the bench: quitting while a long paste was still being shown raised NoMatches('Inspector')
+    from the handler that moves the inspector to the first finished sentence."""
+    from tui_translate.ui.widgets.inspector import Inspector
+    from tui_translate.ui.widgets.transcript import Transcript
+
+    app = make_app(tmp_path, store=True)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await submit(pilot, app, "je suis étudiant")
+        done = app.exchanges[-1]
+        await app.main_screen.query_one(Inspector).remove()  # as at exit, after the widgets are taken down
+        app.post_message(Transcript.Shown([done]))
+        await pilot.pause(0.05)
+    assert app.return_code in (0, None)
+    assert any(r["source"] == "je suis étudiant" for r in Store(tmp_path / "data").load_transcript())
+
+
 async def test_requests_never_wait_for_a_model_that_failed_and_a_new_model_gets_none_of_them(tmp_path):
     """Bug 8: with a model that cannot load, requests queued forever on 'waiting for the model to load…';
     F3 then loaded en-fr and fed it the queued French input."""

@@ -373,6 +373,8 @@ class TranslateApp(AppActions, App):
         delay = self.gc_policy.finished(len(message.exchanges), request_finished=not self.requests.busy())
         if delay is not None:
             self.set_timer(delay, lambda: self.gc_policy.collect_if_idle(self.requests.busy()))
+        if not self.main_screen.query(Inspector):
+            return  # the app is closing and its widgets are gone (the finished exchanges were saved above)
         for ex in message.exchanges:
             # The inspector follows the first finished sentence of a request; later sentences of a long
             # paste do not yank it away (and do not re-render it each time).
