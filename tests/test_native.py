@@ -210,3 +210,28 @@ def test_loading_a_translator_starts_the_background_build_and_says_so(monkeypatc
     assert "in the background" in translator.notice
     assert translator.translate("Je suis étudiant.").text  # decodes meanwhile, on the Python step
     assert translator.engine.fused_step().native is None
+
+
+def test_the_compiled_step_follows_weights_changed_after_binding(tokenizer, use_native):
+    """The compiled step holds the packed tensors of its binding: after an in-place update of the weights
+    (an optimizer step, a reload) the engine binds a new step and computes with the new weights."""
+    model = make_model(tokenizer)
+    engine = InferenceEngine(model)
+    src, tgt = _batch()
+    with torch.inference_mode():
+        engine.decode_step(tgt[:, :1], engine.start_cache(engine.encode(src), capacity=4))
+        before = engine.fused_step()
+        assert before.native is not None
+    with torch.no_grad():
+        model.decoder_layers[0].ffn.fc1.weight.mul_(1.5)
+        model.output_proj.weight.add_(0.01)
+    reference = InferenceEngine(model)
+    with torch.inference_mode():
+        cache = engine.start_cache(engine.encode(src), capacity=4)
+        assert engine.fused_step() is not before and engine.fused_step().native is not None
+        reference.fused_step()._native_possible = False
+        ref_cache = reference.start_cache(reference.encode(src), capacity=4)
+        for i in range(3):
+            a = engine.decode_step(tgt[:, i : i + 1], cache)
+            b = reference.decode_step(tgt[:, i : i + 1], ref_cache)
+            assert torch.equal(a.logits, b.logits)
