@@ -74,20 +74,21 @@ class PackedWeights:
         """The inference product of `linears` (+ `extra_bias`) on the weights as they are now, as a function of
         2-D input; see `_Pack.multiply`. Valid while the weights stay as they are (e.g. for one decoding run):
         the fused encoder and decoder step bind their products once instead of checking the packs at every call."""
-        key = (linears, output_layer)
-        pack = self._packs.get(key)
-        if pack is None or not pack.valid_for(linears, extra_bias):
-            pack = self._packs[key] = _Pack.build(linears, extra_bias, output_layer)
+        pack = self._pack(linears, extra_bias, output_layer)
         return pack.multiply_int8 if self.int8 and dtype == torch.float32 else pack.multiply
 
     def native_spec(self, *linears: nn.Linear, extra_bias: Tensor | None = None, output_layer: bool = False) -> tuple:
         """What the C++ decoder step (`native.py`) needs to compute `product(*linears, ...)` with the kernels the
         Python product would choose, for one row and for several (float32 weights on the CPU)."""
+        return self._pack(linears, extra_bias, output_layer).native_spec(self.int8)
+
+    def _pack(self, linears: tuple[nn.Linear, ...], extra_bias: Tensor | None, output_layer: bool) -> "_Pack":
+        """The pack of `linears` for the weights as they are now (built again if any of them changed)."""
         key = (linears, output_layer)
         pack = self._packs.get(key)
         if pack is None or not pack.valid_for(linears, extra_bias):
             pack = self._packs[key] = _Pack.build(linears, extra_bias, output_layer)
-        return pack.native_spec(self.int8)
+        return pack
 
     def packs(self) -> list["_Pack"]:
         return list(self._packs.values())
