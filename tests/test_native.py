@@ -235,3 +235,16 @@ def test_the_compiled_step_follows_weights_changed_after_binding(tokenizer, use_
             a = engine.decode_step(tgt[:, i : i + 1], cache)
             b = reference.decode_step(tgt[:, i : i + 1], ref_cache)
             assert torch.equal(a.logits, b.logits)
+
+
+def test_an_unwritable_cache_directory_leaves_the_python_step_and_one_line(monkeypatch, tmp_path):
+    """Loading a model never fails because the build cannot start: the notice says why instead."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("TUI_TRANSLATE_CACHE", str(blocker))  # cache_dir() is blocker/native: cannot be created
+    monkeypatch.setenv("TUI_TRANSLATE_NATIVE", "1")
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failed", None)
+    monkeypatch.setattr(native, "compiler", lambda: "/usr/bin/c++")
+    assert native.start_build() is False
+    assert "cannot be built here" in native.notice()

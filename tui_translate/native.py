@@ -171,12 +171,16 @@ def start_build() -> bool:
     if not enabled() or artifact().exists() or compiler() is None:
         return False
     log = _log()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    if log.exists() and "FAILED" in log.read_text(errors="replace"):
-        return False  # failed before on this machine with this source: not again at every start
-    with open(log, "w") as out:
-        subprocess.Popen([sys.executable, "-m", "tui_translate.native", "build"], stdout=out, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if log.exists() and "FAILED" in log.read_text(errors="replace"):
+            return False  # failed before on this machine with this source: not again at every start
+        with open(log, "w") as out:
+            subprocess.Popen([sys.executable, "-m", "tui_translate.native", "build"], stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except OSError as e:  # an unwritable cache directory, say: decoding goes on with the Python step
+        report_failure(f"the compiled decoder step cannot be built here ({type(e).__name__}: {e})")
+        return False
     return True
 
 
