@@ -248,3 +248,17 @@ def test_an_unwritable_cache_directory_leaves_the_python_step_and_one_line(monke
     monkeypatch.setattr(native, "compiler", lambda: "/usr/bin/c++")
     assert native.start_build() is False
     assert "cannot be built here" in native.notice()
+
+
+def test_the_background_builder_records_a_failure_for_status(monkeypatch, capsys):
+    """`python -m tui_translate.native build` (what start_build runs): a failed build prints the FAILED line that
+    status() and start_build() read from its log; anything but `build` is a usage error."""
+    monkeypatch.setattr(native.os, "nice", lambda n: 0, raising=False)  # not this test process
+
+    def broken(verbose: bool = False):
+        raise RuntimeError("c++: fatal error")
+
+    monkeypatch.setattr(native, "build", broken)
+    assert native._main(["build"]) == 1
+    assert "FAILED: RuntimeError: c++: fatal error" in capsys.readouterr().out
+    assert native._main([]) == 2

@@ -188,7 +188,8 @@ def _main(argv: list[str]) -> int:
     if argv[:1] != ["build"]:
         print("usage: python -m tui_translate.native build", file=sys.stderr)
         return 2
-    os.nice(10)  # a background job: the app or the translation that started it goes first
+    if hasattr(os, "nice"):  # POSIX: a background job, the app or the translation that started it goes first
+        os.nice(10)
     try:
         print(build(verbose=True), flush=True)
     except Exception as e:  # noqa: BLE001 - recorded for status()
