@@ -43,6 +43,17 @@ def use_native(extension, monkeypatch):
     return extension
 
 
+@pytest.fixture
+def unbuilt(monkeypatch, tmp_path):
+    """native.py as on a machine with a compiler where nothing is built or loaded yet: an empty cache in tmp_path."""
+    monkeypatch.setenv("TUI_TRANSLATE_CACHE", str(tmp_path))
+    monkeypatch.setenv("TUI_TRANSLATE_NATIVE", "1")
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failed", None)
+    monkeypatch.setattr(native, "compiler", lambda: "/usr/bin/c++")
+    return tmp_path
+
+
 def _batch():
     src = torch.tensor([[5, 6, 7, 8, 9, 2], [10, 11, 2, 0, 0, 0], [12, 13, 14, 2, 0, 0]])  # padded: a cross mask
     tgt = torch.tensor([[1, 12, 13, 14, 15, 16, 17], [1, 18, 19, 20, 21, 22, 23], [1, 30, 31, 32, 33, 34, 35]])
@@ -167,11 +178,8 @@ def test_capacity_is_checked_before_the_compiled_step_writes(tokenizer, use_nati
             engine.decode_step(tgt[:, 2:3], cache)
 
 
-def test_status_lines(monkeypatch, tmp_path):
+def test_status_lines(monkeypatch, unbuilt):
     """Off, no compiler, not built: one line each, and no background build is started for them."""
-    monkeypatch.setenv("TUI_TRANSLATE_CACHE", str(tmp_path))
-    monkeypatch.setattr(native, "_module", None)
-    monkeypatch.setattr(native, "_failed", None)
     monkeypatch.setenv("TUI_TRANSLATE_NATIVE", "0")
     assert "off" in native.status() and native.module() is None and not native.start_build()
     monkeypatch.setenv("TUI_TRANSLATE_NATIVE", "1")
@@ -186,16 +194,11 @@ def test_status_lines(monkeypatch, tmp_path):
     assert native.module() is None and "did not load" in native.status()
 
 
-def test_loading_a_translator_starts_the_background_build_and_says_so(monkeypatch, tmp_path):
+def test_loading_a_translator_starts_the_background_build_and_says_so(monkeypatch, unbuilt):
     """The entry points' loader starts the build (detached, never waited for) and the translator's notice
     tells the user the Python step decodes meanwhile."""
     from tui_translate.translator import load_translator
 
-    monkeypatch.setenv("TUI_TRANSLATE_CACHE", str(tmp_path))
-    monkeypatch.setenv("TUI_TRANSLATE_NATIVE", "1")
-    monkeypatch.setattr(native, "_module", None)
-    monkeypatch.setattr(native, "_failed", None)
-    monkeypatch.setattr(native, "compiler", lambda: "/usr/bin/c++")
     started = []
 
     def start_build() -> bool:  # what the real one leaves behind while its detached process compiles
@@ -237,15 +240,11 @@ def test_the_compiled_step_follows_weights_changed_after_binding(tokenizer, use_
             assert torch.equal(a.logits, b.logits)
 
 
-def test_an_unwritable_cache_directory_leaves_the_python_step_and_one_line(monkeypatch, tmp_path):
+def test_an_unwritable_cache_directory_leaves_the_python_step_and_one_line(monkeypatch, unbuilt):
     """Loading a model never fails because the build cannot start: the notice says why instead."""
-    blocker = tmp_path / "not-a-directory"
+    blocker = unbuilt / "not-a-directory"
     blocker.write_text("")
     monkeypatch.setenv("TUI_TRANSLATE_CACHE", str(blocker))  # cache_dir() is blocker/native: cannot be created
-    monkeypatch.setenv("TUI_TRANSLATE_NATIVE", "1")
-    monkeypatch.setattr(native, "_module", None)
-    monkeypatch.setattr(native, "_failed", None)
-    monkeypatch.setattr(native, "compiler", lambda: "/usr/bin/c++")
     assert native.start_build() is False
     assert "cannot be built here" in native.notice()
 
