@@ -1,5 +1,5 @@
-"""The compiled decoder step (native.py, csrc/decoder_step.cpp) against the Python fused step: the same
-logits, attention weights, cache contents and search outputs, bit for bit. Built once per test session
+"""The compiled decoder step and encoder pass (native.py, csrc/decoder_step.cpp) against the Python fused
+passes: the same logits, encoder memory, attention weights, cache contents and search outputs, bit for bit. Built once per test session
 into a temporary cache (about half a minute); skipped only where there is no C++ compiler."""
 
 from __future__ import annotations
@@ -101,6 +101,47 @@ def test_compiled_step_equals_python_step(tokenizer, use_native, norm, activatio
         assert torch.equal(a_cache.self_kv[..., : a_cache.length, :], b_cache.self_kv[..., : b_cache.length, :])
 
 
+@pytest.mark.parametrize("norm,activation,d_ff", CASES)
+@pytest.mark.parametrize("int8", [False, True])
+def test_compiled_encoder_equals_python_encoder(tokenizer, use_native, norm, activation, d_ff, int8):
+    """The encoder's fast path (no attention weights): memory and source mask equal the Python pass's, for one
+    unpadded sentence, a padded batch (a key mask) and a one-token source (one-row products)."""
+    model = make_model(tokenizer, norm_placement=norm, activation=activation, d_ff=d_ff)
+    compiled, python = InferenceEngine(model, "int8" if int8 else "fp32"), InferenceEngine(model, "int8" if int8 else "fp32")
+    src, _ = _batch()
+    with torch.inference_mode():
+        for batch in (src[:1], src, torch.tensor([[2]])):
+            a = compiled.encode(batch)
+            assert compiled.fused_encoder().native is not None
+            python.fused_encoder()._native_possible = False
+            b = python.encode(batch)
+            assert python.fused_encoder().native is None
+            assert torch.equal(a.memory, b.memory), (a.memory - b.memory).abs().max()
+            assert torch.equal(a.source_mask, b.source_mask)
+            assert a.self_attention is None
+            # the capture path stays in Python (explicit attention weights: equal up to rounding)
+            torch.testing.assert_close(compiled.encode(batch, need_weights=True).memory, a.memory, atol=1e-5, rtol=1e-5)
+
+
+def test_the_python_encoder_takes_over_when_the_compiled_one_fails(tokenizer, use_native):
+    model = make_model(tokenizer)
+    engine, reference = InferenceEngine(model), InferenceEngine(model)
+    src, _ = _batch()
+    with torch.inference_mode():
+        engine.encode(src)
+        encoder = engine.fused_encoder()
+        assert encoder.native is not None
+
+        class Broken:
+            def encode(self, *args):
+                raise RuntimeError("simulated failure")
+
+        encoder.native = Broken()
+        reference.fused_encoder()._native_possible = False
+        assert torch.equal(engine.encode(src).memory, reference.encode(src).memory)
+        assert encoder.native is None
+
+
 @pytest.mark.parametrize("int8", [False, True])
 def test_searches_are_identical_with_the_compiled_step(tokenizer, use_native, int8):
     """Greedy, beam search (3-best) and seeded sampling, with and without attention, one sentence and padded
@@ -120,6 +161,7 @@ def test_searches_are_identical_with_the_compiled_step(tokenizer, use_native, in
                     for rows, done, _ in search_in_batches(translator.engine, sources, config, batch_size, need_weights):
                         runs.append((rows, _summary(done, need_weights)))
         assert (translator.engine.fused_step().native is not None) == on
+        assert (translator.engine.fused_encoder().native is not None) == on
         results[on] = runs
     for (rows_a, a), (rows_b, b) in zip(results[True], results[False], strict=True):
         assert rows_a == rows_b

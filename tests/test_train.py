@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from tui_translate.config import TrainConfig
 from tui_translate.evaluate import score, translate_texts
 from tui_translate.checkpoint import load_model_dir
-from tui_translate.train import checkpoint_dirs, train
+from tui_translate.train import checkpoint_dirs, eval_sample, train
 
 WORDS = "ab cd ef gh ij kl mn op qr st".split()
 
@@ -282,3 +282,14 @@ def test_a_run_continued_from_its_exported_model_keeps_step_schedule_and_curve(t
     train(other)
     lines = [json.loads(x) for x in (tmp_path / "other" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [50, 60]  # other seed: another run, a new schedule
+
+
+def test_in_training_evaluation_samples_the_whole_valid_set_evenly():
+    pairs = [(f"s{i}", f"t{i}") for i in range(2000)]  # e.g. a valid file sorted by length
+    sample = eval_sample(pairs, 200)
+    assert len(sample) == 200 and len(set(sample)) == 200
+    idx = [int(src[1:]) for src, _ in sample]
+    assert idx == sorted(idx) and idx[0] == 0 and idx[-1] >= 1990  # reaches the long end
+    assert max(b - a for a, b in zip(idx, idx[1:])) == 10  # an even stride, not the first 200
+    assert eval_sample(pairs[:50], 200) == pairs[:50] and eval_sample(pairs, 0) == pairs
+    assert eval_sample(pairs[:7], 3) == [pairs[0], pairs[2], pairs[4]]

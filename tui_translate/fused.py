@@ -21,6 +21,10 @@ weights, so its memory and attention weights equal the modular path's (tested li
 `FusedDecoderStep.start_cache` computes the cross-attention keys and values with a product bound the
 same way.
 
+Both hand their hot path to the compiled versions in csrc/decoder_step.cpp once native.py has them
+loaded (the step's one-token steps; the encoder's pass without attention weights): the same ATen
+calls in the same order from C++, so the same bits, without the interpreter between the calls.
+
 Shapes: N rows (sentences × beams), T new tokens per row, D d_model, H heads, d_k = D / H,
 S source length, V vocab, B sentences, L layers. Decoder activations are (N·T, D), rows ordered (N, T);
 encoder activations (B·S, D), rows ordered (B, S).
@@ -100,6 +104,32 @@ class FusedEncoder(_Residuals):
         self.embedding, self.positions, self.scale = model.src_embed.weight, model.positions, model.scale
         self.layers = [_EncoderLayer(layer, packed, dtype) for layer in model.encoder_layers]
         self.final_norm = _Norm(model.encoder_norm) if self.pre else None
+        self._model, self._packed = model, packed
+        # the compiled pass (native.py) for the fast path, bound once the extension is loaded; None: Python
+        self.native = None
+        self._native_possible = (native.enabled() and dtype == torch.float32 and self.embedding.device.type == "cpu"
+                                 and c.activation in _NATIVE_ACTIVATIONS)
+
+    def _bind_native(self) -> None:
+        """Run the fast path in the compiled pass once the extension is loaded (checked once per encode until then)."""
+        ext = native.module()
+        if ext is None or not hasattr(ext, "Encoder"):
+            return
+        self._native_possible = False  # bound now, or never for these weights
+        model, packed = self._model, self._packed
+        try:
+            enc = ext.Encoder(self.d_model, self.n_heads, self.pre, ext.ACTIVATIONS[model.config.activation], self.embedding,
+                              self.positions, float(self.scale), self.pad_id)
+            for layer in model.encoder_layers:
+                sa, ffn = layer.self_attn, layer.ffn
+                enc.add_layer([packed.native_spec(*linears) for linears in
+                               ((sa.q_proj, sa.k_proj, sa.v_proj), (sa.out_proj,), (ffn.fc1,), (ffn.fc2,))],
+                              [_norm_spec(res.norm) for res in (layer.self_attn_res, layer.ffn_res)])
+            enc.set_final_norm(_norm_spec(model.encoder_norm) if self.pre else None)
+        except Exception as e:  # noqa: BLE001 - the Python pass computes the same; said once
+            native.report_failure(f"the compiled encoder could not bind this model ({type(e).__name__}: {e})")
+        else:
+            self.native = enc
 
     def encode(self, src: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """src: (B, S) token ids, padded with pad_id. Returns memory (B, S, D), the source mask (B, S) (True at
@@ -107,6 +137,17 @@ class FusedEncoder(_Residuals):
         b, s = src.shape
         if s > self.max_positions:
             raise ValueError(f"sequence of {s} positions exceeds max_positions={self.max_positions}")
+        if not need_weights:
+            if self._native_possible and self.native is None:
+                self._bind_native()
+            if self.native is not None:
+                try:
+                    memory, source_mask = self.native.encode(src)
+                    return memory, source_mask, None
+                except RuntimeError:
+                    # e.g. activations overflowed (fbgemm refuses NaN): the Python pass below redoes it and reports
+                    # it as it would have; these weights stay on the Python pass
+                    self.native = None
         d, h, dk, rows = self.d_model, self.n_heads, self.d_head, b * s
         source_mask = src.ne(self.pad_id)  # (B, S)
         mask = key_padding_mask(source_mask)  # (B, 1, 1, S) | None

@@ -2,7 +2,8 @@
 
 A one-token decoder step of a small model is mostly the cost of issuing its ATen calls from Python, so
 `fused.FusedDecoderStep` hands one-token steps to a C++ version of itself that issues the same calls
-with the same arguments (bit-identical logits and attention). It is optional and never waited for:
+with the same arguments (bit-identical logits and attention), and `fused.FusedEncoder` its pass without
+attention weights (bit-identical memory). It is optional and never waited for:
 
 * `start_build()` starts the build in a detached background process (torch's C++ extension builder:
   a C++ compiler and ninja) unless the artifact is there; the caller goes on with the Python step.

@@ -563,18 +563,29 @@ def encoder_spread(model: Transformer, tok: Tokenizer, sources: list[str], devic
     return total / max(count, 1)
 
 
+def eval_sample(pairs: list, n: int) -> list:
+    """n pairs spread evenly over the whole set (all of them when n <= 0 or the set is smaller).
+
+    Valid files are often sorted (Tatoeba's is by length), so their first n lines are the easiest n and
+    score far above the full set; an even stride keeps the sample's mix of lengths and topics."""
+    if n <= 0 or n >= len(pairs):
+        return list(pairs)
+    return [pairs[(i * len(pairs)) // n] for i in range(n)]
+
+
 def _evaluate(model, tok, valid_sets, cfg, state, d, console, log, step) -> bool:
-    """Loss on every validation set, BLEU/chrF (greedy) on the first eval_sentences of each; early
+    """Loss on every validation set, BLEU/chrF (greedy) on eval_sentences spread evenly over each; early
     stopping follows the mean loss, so no single domain decides."""
-    entry: dict = {"step": step, "eval_sentences": cfg.eval_sentences, "valid": {}}
+    entry: dict = {"step": step, "eval_sentences": cfg.eval_sentences, "eval_sample": "even", "valid": {}}
     parts = []
     for name, pairs, encoded in valid_sets:
         loss = validation_loss(model, encoded, cfg, d.device)
-        scores, hyps = evaluate_pairs(model, tok, pairs[: cfg.eval_sentences], DecodeConfig(strategy="greedy"), batch_size=64)
+        sample = eval_sample(pairs, cfg.eval_sentences)
+        scores, hyps = evaluate_pairs(model, tok, sample, DecodeConfig(strategy="greedy"), batch_size=64)
         # A decoder that ignores its source (a collapsed encoder: every position the same vector) writes the
         # same few sentences whatever the input while its loss still falls; the share of distinct outputs shows it.
         distinct = len(set(hyps)) / max(len(hyps), 1)
-        spread = encoder_spread(model, tok, [src for src, _ in pairs[: cfg.eval_sentences]], d.device)
+        spread = encoder_spread(model, tok, [src for src, _ in sample], d.device)
         entry["valid"][name] = {"loss": round(loss, 4), "bleu": round(scores.bleu, 2), "chrf": round(scores.chrf, 2),
                                 "distinct": round(distinct, 3), "encoder_spread": round(spread, 4)}
         parts.append(f"{name} loss {loss:.3f} BLEU {scores.bleu:.1f} chrF {scores.chrf:.1f} distinct {distinct:.0%} "

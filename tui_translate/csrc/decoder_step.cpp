@@ -1,10 +1,12 @@
-// The fused decoder step of `fused.FusedDecoderStep` for one new token per row, in C++.
+// The fused decoder step of `fused.FusedDecoderStep` for one new token per row, and the fused encoder pass of
+// `fused.FusedEncoder` (fast path, no attention weights), in C++.
 //
 // Why: a one-token step of a small model issues about 150 ATen calls whose kernels take a few
 // microseconds each; from Python every call also pays the interpreter, the argument parsing and the
 // Tensor wrappers, which is most of the step's time. This file issues the same ATen calls, with the same
-// arguments, views and order as `FusedDecoderStep.step` (t == 1), so every kernel sees the same inputs
-// and the logits and attention weights are bit-identical to the Python step (tests assert it). It holds
+// arguments, views and order as `FusedDecoderStep.step` (t == 1) and `FusedEncoder.encode`, so every kernel
+// sees the same inputs and the logits, memory and attention weights are bit-identical to the Python passes
+// (tests assert it). It holds
 // no weights of its own: the tensors are those the Python side packed (`linear._Pack.native_spec`).
 //
 // Shapes: N rows (sentences x beams), D d_model, H heads, d_k = D / H, S source length, V vocab,
@@ -98,12 +100,118 @@ struct Layer {
 
 enum Activation : int64_t { kRelu = 0, kGelu = 1, kGeluTanh = 2, kSilu = 3 };
 
-class Step {
+// What the encoder and the decoder step share: sizes, the norm placement, the activation, the embedding and
+// positions, and the spec readers of the Python side's packed products and norms.
+class Pass {
  public:
-  Step(int64_t d_model, int64_t n_heads, bool pre_norm, int64_t activation, Tensor embedding, Tensor positions,
+  Pass(int64_t d_model, int64_t n_heads, bool pre_norm, int64_t activation, Tensor embedding, Tensor positions,
        double scale)
       : d_(d_model), h_(n_heads), dk_(d_model / n_heads), pre_(pre_norm), act_(activation),
         embedding_(std::move(embedding)), positions_(std::move(positions)), scale_(scale) {}
+
+ protected:
+  static Product product(const py::tuple& spec) {
+    // (one, many, weight, bias, q8, scales8, blocks, block_bias, fbgemm, onednn), None where unused
+    TORCH_CHECK(spec.size() == 10, "a product spec has 10 fields");
+    Product p;
+    p.one = spec[0].cast<int64_t>();
+    p.many = spec[1].cast<int64_t>();
+    auto tensor = [&](size_t i) { return spec[i].is_none() ? Tensor() : spec[i].cast<Tensor>(); };
+    p.weight = tensor(2);
+    p.bias = tensor(3);
+    p.q8 = tensor(4);
+    p.scales8 = tensor(5);
+    p.blocks = tensor(6);
+    p.block_bias = tensor(7);
+    if (!spec[8].is_none()) p.fbgemm = c10::IValue(spec[8].cast<torch::jit::Object>()._ivalue());
+    p.onednn = tensor(9);
+    return p;
+  }
+
+  static Norm norm(const py::tuple& spec) {  // (normalized_shape, weight, bias, eps)
+    Norm nm;
+    nm.shape = spec[0].cast<std::vector<int64_t>>();
+    nm.weight = spec[1].cast<Tensor>();
+    nm.bias = spec[2].cast<Tensor>();
+    nm.eps = spec[3].cast<double>();
+    return nm;
+  }
+
+  template <typename F>
+  Tensor sublayer(const Tensor& x, const Norm& norm, F&& f) const {
+    // post-norm x = LN(x + f(x)); pre-norm x = x + f(LN(x))  (fused._Residuals)
+    return pre_ ? f(norm(x)).add_(x) : norm(f(x).add_(x));
+  }
+
+  Tensor activate(const Tensor& x) const {
+    switch (act_) {
+      case kGelu: return at::gelu(x, "none");
+      case kGeluTanh: return at::gelu(x, "tanh");
+      case kSilu: return at::silu(x);
+      default: return at::relu(x);
+    }
+  }
+
+  int64_t d_, h_, dk_;
+  bool pre_;
+  int64_t act_;
+  Tensor embedding_, positions_;
+  double scale_;
+};
+
+// fused.FusedEncoder.encode without attention weights: src (B, S) ids -> memory (B, S, D), source mask (B, S).
+class Encoder : public Pass {
+ public:
+  Encoder(int64_t d_model, int64_t n_heads, bool pre_norm, int64_t activation, Tensor embedding, Tensor positions,
+          double scale, int64_t pad_id)
+      : Pass(d_model, n_heads, pre_norm, activation, std::move(embedding), std::move(positions), scale), pad_(pad_id) {}
+
+  void add_layer(std::vector<py::tuple> products, std::vector<py::tuple> norms) {
+    TORCH_CHECK(products.size() == 4 && norms.size() == 2, "an encoder layer has 4 products and 2 norms");
+    EncoderLayer layer;
+    Product* slots[4] = {&layer.qkv, &layer.out, &layer.fc1, &layer.fc2};
+    for (size_t i = 0; i < 4; ++i) *slots[i] = product(products[i]);
+    for (size_t i = 0; i < 2; ++i) layer.norms[i] = norm(norms[i]);
+    layers_.push_back(std::move(layer));
+  }
+
+  void set_final_norm(std::optional<py::tuple> final_norm) {
+    if (final_norm) final_norm_ = norm(*final_norm);
+  }
+
+  std::vector<Tensor> encode(const Tensor& src) const {
+    const int64_t b = src.size(0), s = src.size(1), rows = b * s;
+    Tensor source_mask = src.ne(pad_);  // (B, S)
+    std::optional<Tensor> mask;  // attention.key_padding_mask: None when nothing is padding
+    if (!source_mask.all().item<bool>()) mask = source_mask.unsqueeze(1).unsqueeze(2);  // (B, 1, 1, S)
+    Tensor x = at::embedding(embedding_, src).mul_(scale_).add_(positions_.slice(0, 0, s)).view({rows, d_});  // (B·S, D)
+    for (const EncoderLayer& layer : layers_) {
+      x = sublayer(x, layer.norms[0], [&](const Tensor& hx) {
+        Tensor qkv = layer.qkv(hx).view({b, s, 3, h_, dk_}).permute({2, 0, 3, 1, 4});  // (3, B, H, S, d_k)
+        Tensor ctx = at::scaled_dot_product_attention(qkv.select(0, 0), qkv.select(0, 1), qkv.select(0, 2), mask);  // (B, H, S, d_k)
+        return layer.out(ctx.transpose(1, 2).reshape({rows, d_}));  // heads concatenated, (B·S, D)
+      });
+      x = sublayer(x, layer.norms[1], [&](const Tensor& hx) { return layer.fc2(activate(layer.fc1(hx))); });
+    }
+    if (final_norm_) x = (*final_norm_)(x);
+    return {x.view({b, s, d_}), source_mask};
+  }
+
+ private:
+  struct EncoderLayer {
+    Product qkv, out, fc1, fc2;
+    Norm norms[2];
+  };
+  int64_t pad_;
+  std::vector<EncoderLayer> layers_;
+  std::optional<Norm> final_norm_;
+};
+
+class Step : public Pass {
+ public:
+  Step(int64_t d_model, int64_t n_heads, bool pre_norm, int64_t activation, Tensor embedding, Tensor positions,
+       double scale)
+      : Pass(d_model, n_heads, pre_norm, activation, std::move(embedding), std::move(positions), scale) {}
 
   void add_layer(std::vector<py::tuple> products, std::vector<py::tuple> norms) {
     TORCH_CHECK(products.size() == 6 && norms.size() == 3, "a layer has 6 products and 3 norms");
@@ -155,48 +263,6 @@ class Step {
   }
 
  private:
-  static Product product(const py::tuple& spec) {
-    // (one, many, weight, bias, q8, scales8, blocks, block_bias, fbgemm, onednn), None where unused
-    TORCH_CHECK(spec.size() == 10, "a product spec has 10 fields");
-    Product p;
-    p.one = spec[0].cast<int64_t>();
-    p.many = spec[1].cast<int64_t>();
-    auto tensor = [&](size_t i) { return spec[i].is_none() ? Tensor() : spec[i].cast<Tensor>(); };
-    p.weight = tensor(2);
-    p.bias = tensor(3);
-    p.q8 = tensor(4);
-    p.scales8 = tensor(5);
-    p.blocks = tensor(6);
-    p.block_bias = tensor(7);
-    if (!spec[8].is_none()) p.fbgemm = c10::IValue(spec[8].cast<torch::jit::Object>()._ivalue());
-    p.onednn = tensor(9);
-    return p;
-  }
-
-  static Norm norm(const py::tuple& spec) {  // (normalized_shape, weight, bias, eps)
-    Norm nm;
-    nm.shape = spec[0].cast<std::vector<int64_t>>();
-    nm.weight = spec[1].cast<Tensor>();
-    nm.bias = spec[2].cast<Tensor>();
-    nm.eps = spec[3].cast<double>();
-    return nm;
-  }
-
-  template <typename F>
-  Tensor sublayer(const Tensor& x, const Norm& norm, F&& f) const {
-    // post-norm x = LN(x + f(x)); pre-norm x = x + f(LN(x))  (fused._Residuals)
-    return pre_ ? f(norm(x)).add_(x) : norm(f(x).add_(x));
-  }
-
-  Tensor activate(const Tensor& x) const {
-    switch (act_) {
-      case kGelu: return at::gelu(x, "none");
-      case kGeluTanh: return at::gelu(x, "tanh");
-      case kSilu: return at::silu(x);
-      default: return at::relu(x);
-    }
-  }
-
   // One query per row: q (N, H, 1, d_k), k/v (N, H, S, d_k) -> context (N, D), heads concatenated.
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& mask, bool need_weights,
                 std::vector<Tensor>& keep, int64_t n) const {
@@ -215,11 +281,6 @@ class Step {
     return ctx.reshape({n, d_});
   }
 
-  int64_t d_, h_, dk_;
-  bool pre_;
-  int64_t act_;
-  Tensor embedding_, positions_;
-  double scale_;
   std::vector<Layer> layers_;
   Product logits_;
   std::optional<Norm> final_norm_;
@@ -228,13 +289,18 @@ class Step {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "tui-translate's decoder step in C++ (see fused.py)";
+  m.doc() = "tui-translate's decoder step and encoder pass in C++ (see fused.py)";
   m.attr("KERNELS") = py::dict(py::arg("w8") = static_cast<int64_t>(kW8), py::arg("split") = static_cast<int64_t>(kSplit),
                                py::arg("fbgemm") = static_cast<int64_t>(kFbgemm), py::arg("onednn") = static_cast<int64_t>(kOnednn),
                                py::arg("addmm") = static_cast<int64_t>(kAddmm));
   m.attr("ACTIVATIONS") = py::dict(py::arg("relu") = static_cast<int64_t>(kRelu), py::arg("gelu") = static_cast<int64_t>(kGelu),
                                    py::arg("gelu_new") = static_cast<int64_t>(kGeluTanh), py::arg("swish") = static_cast<int64_t>(kSilu),
                                    py::arg("silu") = static_cast<int64_t>(kSilu));
+  py::class_<Encoder>(m, "Encoder")
+      .def(py::init<int64_t, int64_t, bool, int64_t, Tensor, Tensor, double, int64_t>())
+      .def("add_layer", &Encoder::add_layer)
+      .def("set_final_norm", &Encoder::set_final_norm)
+      .def("encode", &Encoder::encode, py::call_guard<py::gil_scoped_release>());
   py::class_<Step>(m, "Step")
       .def(py::init<int64_t, int64_t, bool, int64_t, Tensor, Tensor, double>())
       .def("add_layer", &Step::add_layer)
