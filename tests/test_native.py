@@ -14,7 +14,7 @@ from tests.conftest import FRENCH, fit_briefly, make_model
 from tui_translate import native
 from tui_translate.config import DecodeConfig
 from tui_translate.engine import InferenceEngine
-from tui_translate.search import search_in_batches
+from tui_translate.search import pad_batch, search, search_in_batches
 from tui_translate.translator import Translator
 
 
@@ -303,3 +303,66 @@ def test_the_background_builder_records_a_failure_for_status(monkeypatch, capsys
     assert native._main(["build"]) == 1
     assert "FAILED: RuntimeError: c++: fatal error" in capsys.readouterr().out
     assert native._main([]) == 2
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_compiled_greedy_loop_equals_the_python_loop(tokenizer, use_native, int8, monkeypatch):
+    """Greedy decoding for the result only (`stream=False`, what translate and eval run) goes through the compiled
+    loop: every token, log-probability, score, alternative and step count equals the step-by-step loop's, with
+    sentences leaving a padded batch at different steps, a forced prefix and a length cap that cuts hypotheses."""
+    import tui_translate.search as search_mod
+
+    model = fit_briefly(make_model(tokenizer, seed=3), tokenizer)
+    translator = Translator.for_model(model, tokenizer, int8=int8)
+    used = []
+    real = search_mod._compiled_greedy
+    monkeypatch.setattr(search_mod, "_compiled_greedy", lambda m: used.append(real(m)) or used[-1])
+    sources = [tokenizer.encode(s).ids for s in FRENCH[:5]]
+    configs = [DecodeConfig(), DecodeConfig(max_length_ratio=0.1, max_length_offset=2), DecodeConfig(n_alternatives=3)]
+    cut = False
+    for config in configs:
+        for batch in (sources[:1], sources[:3], sources):
+            src = pad_batch(batch, model.config.pad_id)
+            for prefix in (None, sources[1][:2]):
+                compiled = list(search_mod.search(translator.engine, src, config, prefix=prefix, stream=False))
+                assert len(compiled) == 1 and used[-1] is not None
+                calls = len(used)
+                stepwise = list(search_mod.search(translator.engine, src, config, prefix=prefix))
+                # streaming: the Python loop, a SearchStep after every step but the last
+                assert len(used) == calls and len(stepwise) == stepwise[-1].steps
+                assert _summary(compiled[-1], False) == _summary(stepwise[-1], False)
+                cut = cut or any(not h.finished for hyps in compiled[-1].hypotheses for h in hyps)
+    assert cut  # the length cap did end some hypotheses unfinished
+
+
+def test_the_compiled_greedy_loop_reports_non_finite_log_probs_as_the_python_loop(tokenizer, use_native):
+    from tui_translate.errors import DecodingError
+
+    model = make_model(tokenizer, seed=3, final_logits_bias=True)
+    with torch.no_grad():
+        model.logits_bias[0, 7] = float("inf")
+    translator = Translator.for_model(model, tokenizer)
+    src = pad_batch([tokenizer.encode(s).ids for s in FRENCH[:2]], model.config.pad_id)
+    messages = []
+    for stream in (False, True):
+        with pytest.raises(DecodingError, match="non-finite") as info:
+            list(search(translator.engine, src, DecodeConfig(), stream=stream))
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+
+
+def test_a_failing_compiled_greedy_loop_leaves_the_python_loop_to_decode(tokenizer, use_native, monkeypatch):
+    import tui_translate.search as search_mod
+
+    model = fit_briefly(make_model(tokenizer, seed=3), tokenizer)
+    translator = Translator.for_model(model, tokenizer, int8=True)
+    src = pad_batch([tokenizer.encode(s).ids for s in FRENCH[:3]], model.config.pad_id)
+    expected = list(search(translator.engine, src, DecodeConfig()))[-1]
+
+    class Broken:
+        def greedy(self, *args):
+            raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(search_mod, "_compiled_greedy", lambda m: Broken())
+    got = list(search(translator.engine, src, DecodeConfig(), stream=False))
+    assert _summary(got[-1], False) == _summary(expected, False)

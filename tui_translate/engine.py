@@ -88,6 +88,13 @@ class InferenceEngine:
             return self.model.start_cache(encoded, capacity, packed=self.packed)
         return self.fused_step().start_cache(encoded.memory, encoded.source_mask, capacity)
 
+    def compiled_step(self):
+        """The compiled step (csrc/decoder_step.cpp) the fused step of this run handed its one-token steps to, or
+        None (not built, turned off, or not the fused path). Valid after `start_cache`."""
+        if self._step is None or not self._fused():
+            return None
+        return self._step.native
+
     def decode_step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> StepOutput:
         """tokens: (N, T_new) -> the model's `decode_step` computed by the fused step (any T_new: one token per
         step, or a forced prefix or draft as one block)."""

@@ -138,7 +138,8 @@ def search_in_batches(
         idx = order[start : start + size]
         began = time.perf_counter()
         final = None
-        for final in search(model, pad_batch([sources[i] for i in idx], model.config.pad_id), config, need_weights=need_weights):
+        for final in search(model, pad_batch([sources[i] for i in idx], model.config.pad_id), config, need_weights=need_weights,
+                            stream=False):
             pass
         assert isinstance(final, SearchDone)
         yield idx, final, time.perf_counter() - began
@@ -351,6 +352,19 @@ def draft_tokens(draft: list[int] | None, config, limit: int) -> list[int]:
     return out
 
 
+def _non_finite(position: int) -> DecodingError:
+    return DecodingError(f"the model produced non-finite log-probabilities at target position {position} "
+                         "(NaN or infinite weights or config values); no translation")
+
+
+def _compiled_greedy(model: Decoder):
+    """The compiled step this run is bound to, when it can run the greedy loop (see `search`'s `stream`), else None."""
+    if not isinstance(model, InferenceEngine):
+        return None
+    step = model.compiled_step()
+    return step if step is not None and hasattr(step, "greedy") else None
+
+
 def _rows(out: StepOutput, index: Tensor) -> StepOutput:
     """The rows `index` (N_new,) of every tensor of a decoder output."""
     return StepOutput(*(None if t is None else t.index_select(0, index) for t in (out.logits, out.self_attention, out.cross_attention)))
@@ -364,6 +378,7 @@ def search(
     prefix: list[int] | None = None,
     need_weights: bool = False,
     draft: list[int] | None = None,
+    stream: bool = True,
 ) -> Iterator[SearchStep | SearchDone]:
     """Decode a batch of sources.
 
@@ -372,6 +387,9 @@ def search(
     need_weights: capture cross / decoder-self / encoder-self attention.
     draft: target ids expected after the prefix (a guess of the output, such as an earlier translation of a
     similar text): verified in one pass, never forced (see the module docstring); beam search ignores it.
+    stream: yield a SearchStep after every step. False: only the SearchDone, which lets greedy decoding on the
+    fast path (no attention, no draft) run its whole loop in the compiled step when it is in use, with the
+    same result.
     """
     mc = model.config
     device = src.device
@@ -415,8 +433,7 @@ def search(
         # topk ranks NaN first, so a NaN anywhere in a row (or a row with nothing finite) shows in its best entry.
         # Checked on the N best values as Python floats: one tensor call per step instead of isfinite's four or five.
         if not all(map(math.isfinite, top_lp[:, 0].tolist())):
-            raise DecodingError(f"the model produced non-finite log-probabilities at target position {position} "
-                                "(NaN or infinite weights or config values); no translation")
+            raise _non_finite(position)
         hist.alt_ids.append(top_ids if n_top == n_alt else top_ids[:, :n_alt])
         hist.alt_lp.append(top_lp if n_top == n_alt else top_lp[:, :n_alt])
         if need_weights:
@@ -452,7 +469,28 @@ def search(
     alive = list(range(b))  # sentences still decoding; row r belongs to alive[r // K]
     last_partial: list[list[int]] = [[] for _ in range(b)]  # final partial of sentences already done
     step = 0
-    while True:
+    compiled = _compiled_greedy(model) if not stream and config.strategy == "greedy" and not need_weights and not drafted else None
+    if compiled is not None:
+        # the same loop in C++ (csrc/decoder_step.cpp, `Step.greedy`), for callers that only want the result
+        try:
+            parents, tokens, chosen_lps, alt_ids, alt_lps, ended, step, bad_position = compiled.greedy(
+                row_lp, row_ids, beam_scores, alive, max_new, len(prefix), mc.eos_id, n_alt, banned, cache.self_kv,
+                cache.length, cache.cross_kv, cache.source_mask, cache.cross_mask)
+        except RuntimeError:
+            # e.g. fbgemm refusing NaN activations: the loop below starts over from the same state (the compiled loop
+            # changed nothing it reads: the cache's length and history are as they were) and reports it as it does
+            compiled = None
+        else:
+            if bad_position >= 0:
+                raise _non_finite(bad_position)
+            hist.parent += parents
+            hist.token += tokens
+            hist.chosen_lp += chosen_lps
+            hist.alt_ids += alt_ids
+            hist.alt_lp += alt_lps
+            for si, score, position, row, tok, lp, eos in ended:
+                finished[si].append(_Final(score, position, row, tok, lp, eos))
+    while compiled is None:
         nb = len(alive)
         position = len(prefix) + step  # index of the target token chosen now
         at_limit = [step + 1 >= max_new[si] for si in alive]

@@ -262,6 +262,82 @@ class Step : public Pass {
     return out;
   }
 
+  // search.search's greedy loop from its first free step on, for the fast path (no attention weights, no
+  // draft): the same selections, cache updates, steps and scoring calls as that loop makes, so the same
+  // records (tests assert it). In: the rows' best (log-probs, ids) of the first free position (N, n_top)
+  // each, their scores (N,), the sentence of every row, every sentence's length cap, the forced prefix's
+  // length, and the cache's tensors with its length `pos`. Out: per step the rows' (parent, token, token
+  // log-prob) and then, unless every sentence is done, the next position's alternatives (N, n_alt) x2; the
+  // finished hypotheses as (sentence, score, position, row, token, token log-prob, ended with EOS); the steps
+  // taken; and the target position whose best log-prob was not finite (-1: none; the caller raises).
+  using Finished = std::tuple<int64_t, double, int64_t, int64_t, int64_t, double, bool>;
+  std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
+             std::vector<Finished>, int64_t, int64_t>
+  greedy(Tensor row_lp, Tensor row_ids, Tensor scores, std::vector<int64_t> alive, const std::vector<int64_t>& max_new,
+         int64_t prefix_len, int64_t eos_id, int64_t n_alt, const Tensor& banned, Tensor self_kv, int64_t pos,
+         Tensor cross_kv, Tensor source_mask, std::optional<Tensor> cross_mask) const {
+    std::vector<Tensor> parents, tokens, chosens, alt_ids, alt_lps;
+    std::vector<Finished> finished;
+    const int64_t n_top = row_ids.size(1);
+    const Tensor identity = at::arange(row_ids.size(0), row_ids.options());  // Greedy._identity
+    int64_t step = 0, bad_position = -1;
+    while (true) {
+      const int64_t nb = static_cast<int64_t>(alive.size()), position = prefix_len + step;
+      Tensor token = row_ids.select(1, 0), chosen = row_lp.select(1, 0);  // (N,) each: the best of each row
+      Tensor new_scores = scores.add(chosen);  // (N,)
+      auto tok = token.accessor<int64_t, 1>();
+      auto lp = chosen.accessor<float, 1>();
+      auto sc = new_scores.accessor<float, 1>();
+      std::vector<int64_t> keep;
+      for (int64_t r = 0; r < nb; ++r) {
+        const bool ended = tok[r] == eos_id, over = ended || step + 1 >= max_new[alive[r]];
+        if (over) finished.emplace_back(alive[r], sc[r], position, r, tok[r], lp[r], ended);
+        else keep.push_back(r);
+      }
+      Tensor parent = nb == identity.size(0) ? identity : identity.slice(0, 0, nb);
+      ++step;
+      const bool dropped = static_cast<int64_t>(keep.size()) < nb;
+      Tensor keep_t;
+      if (dropped) {  // sentences that are done leave the batch
+        keep_t = at::tensor(keep, row_ids.options());
+        parent = parent.index_select(0, keep_t);
+        token = token.index_select(0, keep_t);
+        chosen = chosen.index_select(0, keep_t);
+        new_scores = new_scores.index_select(0, keep_t);
+        std::vector<int64_t> kept;
+        for (int64_t r : keep) kept.push_back(alive[r]);
+        alive = std::move(kept);
+      }
+      parents.push_back(parent);
+      tokens.push_back(token);
+      chosens.push_back(chosen);
+      scores = new_scores;
+      if (alive.empty()) break;
+      if (dropped) {  // KVCache.reorder(parent, same_source=False): the kept rows of every tensor
+        self_kv = self_kv.index_select(2, parent);
+        cross_kv = cross_kv.index_select(2, parent);
+        source_mask = source_mask.index_select(0, parent);
+        cross_mask = std::nullopt;  // attention.key_padding_mask: None when nothing is padding
+        if (!source_mask.all().item<bool>()) cross_mask = source_mask.unsqueeze(1).unsqueeze(2);
+      }
+      Tensor logits = this->step(token.unsqueeze(1), self_kv, pos, cross_kv, cross_mask, false)[0];  // (N, 1, V)
+      ++pos;
+      Tensor logp = at::log_softmax(logits.select(1, 0), -1);  // model.next_token_scores
+      logp.index_fill_(-1, banned, -std::numeric_limits<double>::infinity());
+      auto top = at::topk(logp, n_top, -1);
+      row_lp = std::get<0>(top);
+      row_ids = std::get<1>(top);
+      Tensor best = row_lp.select(1, 0);
+      if (!at::isfinite(best).all().item<bool>()) {  // NaN ranks first in topk: a row with any shows here
+        bad_position = prefix_len + step;
+        break;
+      }
+      alt_ids.push_back(n_top == n_alt ? row_ids : row_ids.slice(1, 0, n_alt));
+      alt_lps.push_back(n_top == n_alt ? row_lp : row_lp.slice(1, 0, n_alt));
+    }
+    return {parents, tokens, chosens, alt_ids, alt_lps, finished, step, bad_position};
+  }
+
  private:
   // One query per row: q (N, H, 1, d_k), k/v (N, H, S, d_k) -> context (N, D), heads concatenated.
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& mask, bool need_weights,
@@ -305,5 +381,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<int64_t, int64_t, bool, int64_t, Tensor, Tensor, double>())
       .def("add_layer", &Step::add_layer)
       .def("set_output", &Step::set_output)
-      .def("step", &Step::step, py::call_guard<py::gil_scoped_release>());
+      .def("step", &Step::step, py::call_guard<py::gil_scoped_release>())
+      .def("greedy", &Step::greedy, py::call_guard<py::gil_scoped_release>());
 }
