@@ -306,19 +306,23 @@ def test_the_background_builder_records_a_failure_for_status(monkeypatch, capsys
 
 
 @pytest.mark.parametrize("int8", [False, True])
-def test_compiled_greedy_loop_equals_the_python_loop(tokenizer, use_native, int8, monkeypatch):
-    """Greedy decoding for the result only (`stream=False`, what translate and eval run) goes through the compiled
-    loop: every token, log-probability, score, alternative and step count equals the step-by-step loop's, with
-    sentences leaving a padded batch at different steps, a forced prefix and a length cap that cuts hypotheses."""
+def test_compiled_greedy_and_beam_loops_equal_the_python_loop(tokenizer, use_native, int8, monkeypatch):
+    """Greedy decoding and beam search for the result only (`stream=False`, what translate and eval run) go through
+    the compiled loops: every token, log-probability, score, alternative, n-best list and step count equals the
+    step-by-step loop's, with sentences leaving a padded batch at different steps, a forced prefix, a length cap
+    that cuts hypotheses, length penalties and early stopping."""
     import tui_translate.search as search_mod
 
     model = fit_briefly(make_model(tokenizer, seed=3), tokenizer)
     translator = Translator.for_model(model, tokenizer, int8=int8)
     used = []
-    real = search_mod._compiled_greedy
-    monkeypatch.setattr(search_mod, "_compiled_greedy", lambda m: used.append(real(m)) or used[-1])
+    real = search_mod._compiled_loop
+    monkeypatch.setattr(search_mod, "_compiled_loop", lambda m: used.append(real(m)) or used[-1])
     sources = [tokenizer.encode(s).ids for s in FRENCH[:5]]
-    configs = [DecodeConfig(), DecodeConfig(max_length_ratio=0.1, max_length_offset=2), DecodeConfig(n_alternatives=3)]
+    configs = [DecodeConfig(), DecodeConfig(max_length_ratio=0.1, max_length_offset=2), DecodeConfig(n_alternatives=3),
+               DecodeConfig(strategy="beam", beam_size=4, top_beams=3), DecodeConfig(strategy="beam", beam_size=3, length_penalty=0.0),
+               DecodeConfig(strategy="beam", beam_size=2, early_stopping=True, n_alternatives=2),
+               DecodeConfig(strategy="beam", beam_size=3, top_beams=3, max_length_ratio=0.1, max_length_offset=2)]
     cut = False
     for config in configs:
         for batch in (sources[:1], sources[:3], sources):
@@ -335,7 +339,8 @@ def test_compiled_greedy_loop_equals_the_python_loop(tokenizer, use_native, int8
     assert cut  # the length cap did end some hypotheses unfinished
 
 
-def test_the_compiled_greedy_loop_reports_non_finite_log_probs_as_the_python_loop(tokenizer, use_native):
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_the_compiled_loops_report_non_finite_log_probs_as_the_python_loop(tokenizer, use_native, strategy):
     from tui_translate.errors import DecodingError
 
     model = make_model(tokenizer, seed=3, final_logits_bias=True)
@@ -346,12 +351,12 @@ def test_the_compiled_greedy_loop_reports_non_finite_log_probs_as_the_python_loo
     messages = []
     for stream in (False, True):
         with pytest.raises(DecodingError, match="non-finite") as info:
-            list(search(translator.engine, src, DecodeConfig(), stream=stream))
+            list(search(translator.engine, src, DecodeConfig(strategy=strategy, beam_size=3), stream=stream))
         messages.append(str(info.value))
     assert messages[0] == messages[1]
 
 
-def test_a_failing_compiled_greedy_loop_leaves_the_python_loop_to_decode(tokenizer, use_native, monkeypatch):
+def test_a_failing_compiled_loop_leaves_the_python_loop_to_decode(tokenizer, use_native, monkeypatch):
     import tui_translate.search as search_mod
 
     model = fit_briefly(make_model(tokenizer, seed=3), tokenizer)
@@ -363,6 +368,6 @@ def test_a_failing_compiled_greedy_loop_leaves_the_python_loop_to_decode(tokeniz
         def greedy(self, *args):
             raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(search_mod, "_compiled_greedy", lambda m: Broken())
+    monkeypatch.setattr(search_mod, "_compiled_loop", lambda m: Broken())
     got = list(search(translator.engine, src, DecodeConfig(), stream=False))
     assert _summary(got[-1], False) == _summary(expected, False)

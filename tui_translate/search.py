@@ -357,12 +357,13 @@ def _non_finite(position: int) -> DecodingError:
                          "(NaN or infinite weights or config values); no translation")
 
 
-def _compiled_greedy(model: Decoder):
-    """The compiled step this run is bound to, when it can run the greedy loop (see `search`'s `stream`), else None."""
+def _compiled_loop(model: Decoder):
+    """The compiled step this run is bound to, when it can run the greedy and beam loops (see `search`'s `stream`),
+    else None."""
     if not isinstance(model, InferenceEngine):
         return None
     step = model.compiled_step()
-    return step if step is not None and hasattr(step, "greedy") else None
+    return step if step is not None and hasattr(step, "beam") else None
 
 
 def _rows(out: StepOutput, index: Tensor) -> StepOutput:
@@ -387,9 +388,9 @@ def search(
     need_weights: capture cross / decoder-self / encoder-self attention.
     draft: target ids expected after the prefix (a guess of the output, such as an earlier translation of a
     similar text): verified in one pass, never forced (see the module docstring); beam search ignores it.
-    stream: yield a SearchStep after every step. False: only the SearchDone, which lets greedy decoding on the
-    fast path (no attention, no draft) run its whole loop in the compiled step when it is in use, with the
-    same result.
+    stream: yield a SearchStep after every step. False: only the SearchDone, which lets greedy decoding and beam
+    search on the fast path (no attention, no draft) run their whole loop in the compiled step when it is in
+    use, with the same result.
     """
     mc = model.config
     device = src.device
@@ -469,13 +470,18 @@ def search(
     alive = list(range(b))  # sentences still decoding; row r belongs to alive[r // K]
     last_partial: list[list[int]] = [[] for _ in range(b)]  # final partial of sentences already done
     step = 0
-    compiled = _compiled_greedy(model) if not stream and config.strategy == "greedy" and not need_weights and not drafted else None
+    compiled = (_compiled_loop(model) if not stream and config.strategy in ("greedy", "beam") and not need_weights
+                and not drafted else None)
     if compiled is not None:
-        # the same loop in C++ (csrc/decoder_step.cpp, `Step.greedy`), for callers that only want the result
-        try:
-            parents, tokens, chosen_lps, alt_ids, alt_lps, ended, step, bad_position = compiled.greedy(
-                row_lp, row_ids, beam_scores, alive, max_new, len(prefix), mc.eos_id, n_alt, banned, cache.self_kv,
+        # the same loop in C++ (csrc/decoder_step.cpp, `Step.greedy` / `Step.beam`), for callers that only want the result
+        args = (row_lp, row_ids, beam_scores, alive, max_new, len(prefix), mc.eos_id, n_alt, banned, cache.self_kv,
                 cache.length, cache.cross_kv, cache.source_mask, cache.cross_mask)
+        try:
+            if config.strategy == "greedy":
+                result = compiled.greedy(*args)
+            else:
+                result = compiled.beam(*args, k_beam, float(config.length_penalty), bool(config.early_stopping))
+            parents, tokens, chosen_lps, alt_ids, alt_lps, ended, step, bad_position = result
         except RuntimeError:
             # e.g. fbgemm refusing NaN activations: the loop below starts over from the same state (the compiled loop
             # changed nothing it reads: the cache's length and history are as they were) and reports it as it does

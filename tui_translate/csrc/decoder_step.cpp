@@ -338,6 +338,134 @@ class Step : public Pass {
     return {parents, tokens, chosens, alt_ids, alt_lps, finished, step, bad_position};
   }
 
+  // search.search's beam loop (search.Beam) from its first free step on, for the fast path: the same
+  // candidate ranking, finished hypotheses, stopping rules, cache reorders, steps and scoring calls, so the same
+  // records. In as `greedy`, plus K (beam width), the length penalty alpha and early stopping; `finished` out
+  // holds every sentence's kept finished hypotheses (best first, at most K) in the order search keeps them.
+  std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
+             std::vector<Finished>, int64_t, int64_t>
+  beam(Tensor row_lp, Tensor row_ids, Tensor scores, std::vector<int64_t> alive, const std::vector<int64_t>& max_new,
+       int64_t prefix_len, int64_t eos_id, int64_t n_alt, const Tensor& banned, Tensor self_kv, int64_t pos,
+       Tensor cross_kv, Tensor source_mask, std::optional<Tensor> cross_mask, int64_t k_beam, double alpha,
+       bool early_stopping) const {
+    struct Fin { double score; int64_t position, row, token; double token_lp; bool eos; };
+    std::vector<std::vector<Fin>> fin(max_new.size());
+    std::vector<Tensor> parents, tokens, chosens, alt_ids, alt_lps;
+    const int64_t n_top = row_ids.size(1);
+    const double inf = std::numeric_limits<double>::infinity();
+    auto penalty = [&](int64_t length) { return std::pow((5.0 + static_cast<double>(length)) / 6.0, alpha); };
+    int64_t step = 0, bad_position = -1;
+    while (true) {
+      const int64_t nb = static_cast<int64_t>(alive.size()), position = prefix_len + step, new_len = position + 1;
+      const int64_t w = std::min(2 * k_beam, n_top);
+      Tensor cand = scores.unsqueeze(1).add(row_lp.slice(1, 0, w)).view({nb, k_beam * w});  // (B_alive, K*w)
+      auto best = at::topk(cand, 2 * k_beam, -1);  // (B_alive, 2K) each, best first
+      Tensor top_scores = std::get<0>(best).contiguous(), top_idx = std::get<1>(best).contiguous();
+      Tensor ids_w = row_ids.slice(1, 0, w).contiguous(), lps_w = row_lp.slice(1, 0, w).contiguous();
+      const float* ts = top_scores.data_ptr<float>();
+      const int64_t* ti = top_idx.data_ptr<int64_t>();
+      const int64_t* idp = ids_w.data_ptr<int64_t>();
+      const float* lpp = lps_w.data_ptr<float>();
+      const double lp_now = penalty(new_len);
+      std::vector<int64_t> parent_l, token_l;
+      std::vector<double> score_l, chosen_l;
+      for (int64_t bi = 0; bi < nb; ++bi) {
+        std::vector<std::tuple<int64_t, int64_t, double, double>> live, ended;
+        for (int64_t rank = 0; rank < 2 * k_beam; ++rank) {
+          const double sc = ts[bi * 2 * k_beam + rank];
+          const int64_t idx = ti[bi * 2 * k_beam + rank];
+          const int64_t row = bi * k_beam + idx / w, col = idx % w;
+          const int64_t tok = idp[row * w + col];
+          const double lp = lpp[row * w + col];
+          if (tok == eos_id) {
+            if (rank < k_beam && std::isfinite(sc)) fin[alive[bi]].push_back({sc / lp_now, position, row, tok, lp, true});
+            ended.emplace_back(row, tok, -inf, lp);
+          } else if (static_cast<int64_t>(live.size()) < k_beam) {
+            live.emplace_back(row, tok, sc, lp);
+          }
+        }
+        for (size_t i = 0; live.size() < static_cast<size_t>(k_beam) && i < ended.size(); ++i) live.push_back(ended[i]);
+        for (auto& [row, tok, sc, lp] : live) {
+          parent_l.push_back(row); token_l.push_back(tok); score_l.push_back(sc); chosen_l.push_back(lp);
+        }
+      }
+      std::vector<bool> done(nb);
+      for (int64_t bi = 0; bi < nb; ++bi) {
+        const int64_t si = alive[bi];
+        if (step + 1 >= max_new[si]) {  // length cap: the live beams end here, unfinished
+          for (int64_t r = bi * k_beam; r < (bi + 1) * k_beam; ++r)
+            if (std::isfinite(score_l[r])) fin[si].push_back({score_l[r] / lp_now, position, parent_l[r], token_l[r], chosen_l[r], false});
+          done[bi] = true;
+          continue;
+        }
+        std::stable_sort(fin[si].begin(), fin[si].end(), [](const Fin& a, const Fin& b) { return -a.score < -b.score; });
+        if (static_cast<int64_t>(fin[si].size()) > k_beam) fin[si].resize(k_beam);
+        bool stop = false;
+        if (static_cast<int64_t>(fin[si].size()) >= k_beam) {
+          if (early_stopping) {
+            stop = true;
+          } else {
+            const double best_live = score_l[bi * k_beam];
+            const int64_t bound_len = alpha > 0 ? max_new[si] + prefix_len : new_len;
+            stop = best_live / penalty(bound_len) <= fin[si].back().score;
+          }
+        }
+        done[bi] = stop;
+      }
+      const auto opts = row_ids.options();
+      Tensor parent = at::tensor(parent_l, opts);
+      Tensor token = at::tensor(token_l, opts);
+      Tensor new_scores = at::tensor(std::vector<float>(score_l.begin(), score_l.end()), scores.options());
+      Tensor chosen = at::tensor(std::vector<float>(chosen_l.begin(), chosen_l.end()), row_lp.options());
+      ++step;
+      std::vector<int64_t> keep, kept;
+      for (int64_t bi = 0; bi < nb; ++bi) {
+        if (done[bi]) continue;
+        kept.push_back(alive[bi]);
+        for (int64_t kk = 0; kk < k_beam; ++kk) keep.push_back(bi * k_beam + kk);
+      }
+      const bool dropped = static_cast<int64_t>(kept.size()) < nb;
+      if (dropped) {
+        Tensor keep_t = at::tensor(keep, opts);
+        parent = parent.index_select(0, keep_t);
+        token = token.index_select(0, keep_t);
+        chosen = chosen.index_select(0, keep_t);
+        new_scores = new_scores.index_select(0, keep_t);
+        alive = std::move(kept);
+      }
+      parents.push_back(parent);
+      tokens.push_back(token);
+      chosens.push_back(chosen);
+      scores = new_scores;
+      if (alive.empty()) break;
+      self_kv = self_kv.index_select(2, parent);  // KVCache.reorder(parent, same_source=not dropped)
+      if (dropped) {
+        cross_kv = cross_kv.index_select(2, parent);
+        source_mask = source_mask.index_select(0, parent);
+        cross_mask = std::nullopt;
+        if (!source_mask.all().item<bool>()) cross_mask = source_mask.unsqueeze(1).unsqueeze(2);
+      }
+      TORCH_CHECK(pos < self_kv.size(4), "KV cache capacity exceeded");
+      Tensor logits = this->step(token.unsqueeze(1), self_kv, pos, cross_kv, cross_mask, false)[0];
+      ++pos;
+      Tensor logp = at::log_softmax(logits.select(1, 0), -1);
+      logp.index_fill_(-1, banned, -inf);
+      auto top = at::topk(logp, n_top, -1);
+      row_lp = std::get<0>(top);
+      row_ids = std::get<1>(top);
+      if (!at::isfinite(row_lp.select(1, 0)).all().item<bool>()) {
+        bad_position = prefix_len + step;
+        break;
+      }
+      alt_ids.push_back(n_top == n_alt ? row_ids : row_ids.slice(1, 0, n_alt));
+      alt_lps.push_back(n_top == n_alt ? row_lp : row_lp.slice(1, 0, n_alt));
+    }
+    std::vector<Finished> finished;
+    for (size_t si = 0; si < fin.size(); ++si)
+      for (const Fin& f : fin[si]) finished.emplace_back(static_cast<int64_t>(si), f.score, f.position, f.row, f.token, f.token_lp, f.eos);
+    return {parents, tokens, chosens, alt_ids, alt_lps, finished, step, bad_position};
+  }
+
  private:
   // One query per row: q (N, H, 1, d_k), k/v (N, H, S, d_k) -> context (N, D), heads concatenated.
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& mask, bool need_weights,
@@ -382,5 +510,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("add_layer", &Step::add_layer)
       .def("set_output", &Step::set_output)
       .def("step", &Step::step, py::call_guard<py::gil_scoped_release>())
-      .def("greedy", &Step::greedy, py::call_guard<py::gil_scoped_release>());
+      .def("greedy", &Step::greedy, py::call_guard<py::gil_scoped_release>())
+      .def("beam", &Step::beam, py::call_guard<py::gil_scoped_release>());
 }
