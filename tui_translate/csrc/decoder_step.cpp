@@ -280,6 +280,7 @@ class Step : public Pass {
     std::vector<Finished> finished;
     const int64_t n_top = row_ids.size(1);
     const Tensor identity = at::arange(row_ids.size(0), row_ids.options());  // Greedy._identity
+    Tensor spare;  // KVCache.spare
     int64_t step = 0, bad_position = -1;
     while (true) {
       const int64_t nb = static_cast<int64_t>(alive.size()), position = prefix_len + step;
@@ -314,7 +315,7 @@ class Step : public Pass {
       scores = new_scores;
       if (alive.empty()) break;
       if (dropped) {  // KVCache.reorder(parent, same_source=False): the kept rows of every tensor
-        self_kv = self_kv.index_select(2, parent);
+        reorder_kv(self_kv, spare, parent, pos);
         cross_kv = cross_kv.index_select(2, parent);
         source_mask = source_mask.index_select(0, parent);
         cross_mask = std::nullopt;  // attention.key_padding_mask: None when nothing is padding
@@ -350,6 +351,7 @@ class Step : public Pass {
        bool early_stopping) const {
     struct Fin { double score; int64_t position, row, token; double token_lp; bool eos; };
     std::vector<std::vector<Fin>> fin(max_new.size());
+    Tensor spare;  // KVCache.spare
     std::vector<Tensor> parents, tokens, chosens, alt_ids, alt_lps;
     const int64_t n_top = row_ids.size(1);
     const double inf = std::numeric_limits<double>::infinity();
@@ -438,7 +440,7 @@ class Step : public Pass {
       chosens.push_back(chosen);
       scores = new_scores;
       if (alive.empty()) break;
-      self_kv = self_kv.index_select(2, parent);  // KVCache.reorder(parent, same_source=not dropped)
+      reorder_kv(self_kv, spare, parent, pos);  // KVCache.reorder(parent, same_source=not dropped)
       if (dropped) {
         cross_kv = cross_kv.index_select(2, parent);
         source_mask = source_mask.index_select(0, parent);
@@ -467,6 +469,23 @@ class Step : public Pass {
   }
 
  private:
+  // KVCache.reorder's self-attention part: the rows `index` of the `filled` positions gathered into the spare
+  // buffer (allocated once), the old buffer kept as the next spare. A fresh gather of the whole buffer at every
+  // beam step would allocate and fault in the size of the cache each time (tens of MB for a batch of 32 x 5).
+  static void reorder_kv(Tensor& self_kv, Tensor& spare, const Tensor& index, int64_t filled) {
+    const int64_t n_new = index.size(0);
+    if (!spare.defined() || spare.size(2) < n_new) {
+      auto sizes = self_kv.sizes().vec();
+      sizes[2] = n_new;
+      spare = at::empty(sizes, self_kv.options());
+    }
+    Tensor dst = spare.slice(2, 0, n_new);  // (L, 2, N_new, H, T_max, d_k)
+    Tensor out = dst.slice(4, 0, filled);
+    at::index_select_out(out, self_kv.slice(4, 0, filled), 2, index);
+    spare = self_kv;
+    self_kv = dst;
+  }
+
   // One query per row: q (N, H, 1, d_k), k/v (N, H, S, d_k) -> context (N, D), heads concatenated.
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& mask, bool need_weights,
                 std::vector<Tensor>& keep, int64_t n) const {
