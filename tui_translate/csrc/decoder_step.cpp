@@ -298,13 +298,8 @@ class Step : public Pass {
       Tensor parent = nb == identity.size(0) ? identity : identity.slice(0, 0, nb);
       ++step;
       const bool dropped = static_cast<int64_t>(keep.size()) < nb;
-      Tensor keep_t;
       if (dropped) {  // sentences that are done leave the batch
-        keep_t = at::tensor(keep, row_ids.options());
-        parent = parent.index_select(0, keep_t);
-        token = token.index_select(0, keep_t);
-        chosen = chosen.index_select(0, keep_t);
-        new_scores = new_scores.index_select(0, keep_t);
+        keep_rows(keep, parent, token, chosen, new_scores);
         std::vector<int64_t> kept;
         for (int64_t r : keep) kept.push_back(alive[r]);
         alive = std::move(kept);
@@ -316,25 +311,12 @@ class Step : public Pass {
       if (alive.empty()) break;
       if (dropped) {  // KVCache.reorder(parent, same_source=False): the kept rows of every tensor
         reorder_kv(self_kv, spare, parent, pos);
-        cross_kv = cross_kv.index_select(2, parent);
-        source_mask = source_mask.index_select(0, parent);
-        cross_mask = std::nullopt;  // attention.key_padding_mask: None when nothing is padding
-        if (!source_mask.all().item<bool>()) cross_mask = source_mask.unsqueeze(1).unsqueeze(2);
+        drop_source_rows(parent, cross_kv, source_mask, cross_mask);
       }
-      Tensor logits = this->step(token.unsqueeze(1), self_kv, pos, cross_kv, cross_mask, false)[0];  // (N, 1, V)
-      ++pos;
-      Tensor logp = at::log_softmax(logits.select(1, 0), -1);  // model.next_token_scores
-      logp.index_fill_(-1, banned, -std::numeric_limits<double>::infinity());
-      auto top = at::topk(logp, n_top, -1);
-      row_lp = std::get<0>(top);
-      row_ids = std::get<1>(top);
-      Tensor best = row_lp.select(1, 0);
-      if (!at::isfinite(best).all().item<bool>()) {  // NaN ranks first in topk: a row with any shows here
+      if (!next_position(token, self_kv, pos, cross_kv, cross_mask, banned, n_alt, row_lp, row_ids, alt_ids, alt_lps)) {
         bad_position = prefix_len + step;
         break;
       }
-      alt_ids.push_back(n_top == n_alt ? row_ids : row_ids.slice(1, 0, n_alt));
-      alt_lps.push_back(n_top == n_alt ? row_lp : row_lp.slice(1, 0, n_alt));
     }
     return {parents, tokens, chosens, alt_ids, alt_lps, finished, step, bad_position};
   }
@@ -428,11 +410,7 @@ class Step : public Pass {
       }
       const bool dropped = static_cast<int64_t>(kept.size()) < nb;
       if (dropped) {
-        Tensor keep_t = at::tensor(keep, opts);
-        parent = parent.index_select(0, keep_t);
-        token = token.index_select(0, keep_t);
-        chosen = chosen.index_select(0, keep_t);
-        new_scores = new_scores.index_select(0, keep_t);
+        keep_rows(keep, parent, token, chosen, new_scores);
         alive = std::move(kept);
       }
       parents.push_back(parent);
@@ -441,26 +419,11 @@ class Step : public Pass {
       scores = new_scores;
       if (alive.empty()) break;
       reorder_kv(self_kv, spare, parent, pos);  // KVCache.reorder(parent, same_source=not dropped)
-      if (dropped) {
-        cross_kv = cross_kv.index_select(2, parent);
-        source_mask = source_mask.index_select(0, parent);
-        cross_mask = std::nullopt;
-        if (!source_mask.all().item<bool>()) cross_mask = source_mask.unsqueeze(1).unsqueeze(2);
-      }
-      TORCH_CHECK(pos < self_kv.size(4), "KV cache capacity exceeded");
-      Tensor logits = this->step(token.unsqueeze(1), self_kv, pos, cross_kv, cross_mask, false)[0];
-      ++pos;
-      Tensor logp = at::log_softmax(logits.select(1, 0), -1);
-      logp.index_fill_(-1, banned, -inf);
-      auto top = at::topk(logp, n_top, -1);
-      row_lp = std::get<0>(top);
-      row_ids = std::get<1>(top);
-      if (!at::isfinite(row_lp.select(1, 0)).all().item<bool>()) {
+      if (dropped) drop_source_rows(parent, cross_kv, source_mask, cross_mask);
+      if (!next_position(token, self_kv, pos, cross_kv, cross_mask, banned, n_alt, row_lp, row_ids, alt_ids, alt_lps)) {
         bad_position = prefix_len + step;
         break;
       }
-      alt_ids.push_back(n_top == n_alt ? row_ids : row_ids.slice(1, 0, n_alt));
-      alt_lps.push_back(n_top == n_alt ? row_lp : row_lp.slice(1, 0, n_alt));
     }
     std::vector<Finished> finished;
     for (size_t si = 0; si < fin.size(); ++si)
@@ -469,6 +432,43 @@ class Step : public Pass {
   }
 
  private:
+  // The rows `keep` of a step's selection (sentences that are done leave the batch).
+  static void keep_rows(const std::vector<int64_t>& keep, Tensor& parent, Tensor& token, Tensor& chosen, Tensor& scores) {
+    const Tensor index = at::tensor(keep, parent.options());
+    parent = parent.index_select(0, index);
+    token = token.index_select(0, index);
+    chosen = chosen.index_select(0, index);
+    scores = scores.index_select(0, index);
+  }
+
+  // KVCache.reorder's source part when rows leave: the kept rows' cross keys/values and mask.
+  static void drop_source_rows(const Tensor& index, Tensor& cross_kv, Tensor& source_mask, std::optional<Tensor>& cross_mask) {
+    cross_kv = cross_kv.index_select(2, index);
+    source_mask = source_mask.index_select(0, index);
+    cross_mask = std::nullopt;  // attention.key_padding_mask: None when nothing is padding
+    if (!source_mask.all().item<bool>()) cross_mask = source_mask.unsqueeze(1).unsqueeze(2);
+  }
+
+  // One step of the rows' chosen tokens and search.search's `record` of the next position (model.next_token_scores'
+  // calls, the alternatives kept); false when a row's best log-prob is not finite.
+  bool next_position(const Tensor& token, const Tensor& self_kv, int64_t& pos, const Tensor& cross_kv,
+                     const std::optional<Tensor>& cross_mask, const Tensor& banned, int64_t n_alt, Tensor& row_lp,
+                     Tensor& row_ids, std::vector<Tensor>& alt_ids, std::vector<Tensor>& alt_lps) const {
+    TORCH_CHECK(pos < self_kv.size(4), "KV cache capacity exceeded");
+    const int64_t n_top = row_ids.size(1);
+    Tensor logits = step(token.unsqueeze(1), self_kv, pos, cross_kv, cross_mask, false)[0];  // (N, 1, V)
+    ++pos;
+    Tensor logp = at::log_softmax(logits.select(1, 0), -1);  // (N, V)
+    logp.index_fill_(-1, banned, -std::numeric_limits<double>::infinity());
+    auto top = at::topk(logp, n_top, -1);
+    row_lp = std::get<0>(top);
+    row_ids = std::get<1>(top);
+    if (!at::isfinite(row_lp.select(1, 0)).all().item<bool>()) return false;  // NaN ranks first in topk
+    alt_ids.push_back(n_top == n_alt ? row_ids : row_ids.slice(1, 0, n_alt));
+    alt_lps.push_back(n_top == n_alt ? row_lp : row_lp.slice(1, 0, n_alt));
+    return true;
+  }
+
   // KVCache.reorder's self-attention part: the rows `index` of the `filled` positions gathered into the spare
   // buffer (allocated once), the old buffer kept as the next spare. A fresh gather of the whole buffer at every
   // beam step would allocate and fault in the size of the cache each time (tens of MB for a batch of 32 x 5).
