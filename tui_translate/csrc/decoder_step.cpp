@@ -276,7 +276,7 @@ class Step : public Pass {
   greedy(Tensor row_lp, Tensor row_ids, Tensor scores, std::vector<int64_t> alive, const std::vector<int64_t>& max_new,
          int64_t prefix_len, int64_t eos_id, int64_t n_alt, const Tensor& banned, Tensor self_kv, int64_t pos,
          Tensor cross_kv, Tensor source_mask, std::optional<Tensor> cross_mask) const {
-    std::vector<Tensor> parents, tokens, chosens, alt_ids, alt_lps;
+    History hist;
     std::vector<Finished> finished;
     const int64_t n_top = row_ids.size(1);
     const Tensor identity = at::arange(row_ids.size(0), row_ids.options());  // Greedy._identity
@@ -289,36 +289,30 @@ class Step : public Pass {
       auto tok = token.accessor<int64_t, 1>();
       auto lp = chosen.accessor<float, 1>();
       auto sc = new_scores.accessor<float, 1>();
-      std::vector<int64_t> keep;
+      std::vector<int64_t> keep, kept;
       for (int64_t r = 0; r < nb; ++r) {
         const bool ended = tok[r] == eos_id, over = ended || step + 1 >= max_new[alive[r]];
-        if (over) finished.emplace_back(alive[r], sc[r], position, r, tok[r], lp[r], ended);
-        else keep.push_back(r);
+        if (over) {
+          finished.emplace_back(alive[r], sc[r], position, r, tok[r], lp[r], ended);
+        } else {
+          keep.push_back(r);
+          kept.push_back(alive[r]);
+        }
       }
       Tensor parent = nb == identity.size(0) ? identity : identity.slice(0, 0, nb);
       ++step;
-      const bool dropped = static_cast<int64_t>(keep.size()) < nb;
-      if (dropped) {  // sentences that are done leave the batch
-        keep_rows(keep, parent, token, chosen, new_scores);
-        std::vector<int64_t> kept;
-        for (int64_t r : keep) kept.push_back(alive[r]);
-        alive = std::move(kept);
-      }
-      parents.push_back(parent);
-      tokens.push_back(token);
-      chosens.push_back(chosen);
-      scores = new_scores;
+      const bool dropped = select_rows(hist, keep, std::move(kept), alive, parent, token, chosen, new_scores, scores);
       if (alive.empty()) break;
       if (dropped) {  // KVCache.reorder(parent, same_source=False): the kept rows of every tensor
         reorder_kv(self_kv, spare, parent, pos);
         drop_source_rows(parent, cross_kv, source_mask, cross_mask);
       }
-      if (!next_position(token, self_kv, pos, cross_kv, cross_mask, banned, n_alt, row_lp, row_ids, alt_ids, alt_lps)) {
+      if (!next_position(token, self_kv, pos, cross_kv, cross_mask, banned, n_alt, row_lp, row_ids, hist)) {
         bad_position = prefix_len + step;
         break;
       }
     }
-    return {parents, tokens, chosens, alt_ids, alt_lps, finished, step, bad_position};
+    return {hist.parents, hist.tokens, hist.chosens, hist.alt_ids, hist.alt_lps, finished, step, bad_position};
   }
 
   // search.search's beam loop (search.Beam) from its first free step on, for the fast path: the same
@@ -334,7 +328,7 @@ class Step : public Pass {
     struct Fin { double score; int64_t position, row, token; double token_lp; bool eos; };
     std::vector<std::vector<Fin>> fin(max_new.size());
     Tensor spare;  // KVCache.spare
-    std::vector<Tensor> parents, tokens, chosens, alt_ids, alt_lps;
+    History hist;
     const int64_t n_top = row_ids.size(1);
     const double inf = std::numeric_limits<double>::infinity();
     auto penalty = [&](int64_t length) { return std::pow((5.0 + static_cast<double>(length)) / 6.0, alpha); };
@@ -408,19 +402,11 @@ class Step : public Pass {
         kept.push_back(alive[bi]);
         for (int64_t kk = 0; kk < k_beam; ++kk) keep.push_back(bi * k_beam + kk);
       }
-      const bool dropped = static_cast<int64_t>(kept.size()) < nb;
-      if (dropped) {
-        keep_rows(keep, parent, token, chosen, new_scores);
-        alive = std::move(kept);
-      }
-      parents.push_back(parent);
-      tokens.push_back(token);
-      chosens.push_back(chosen);
-      scores = new_scores;
+      const bool dropped = select_rows(hist, keep, std::move(kept), alive, parent, token, chosen, new_scores, scores);
       if (alive.empty()) break;
       reorder_kv(self_kv, spare, parent, pos);  // KVCache.reorder(parent, same_source=not dropped)
       if (dropped) drop_source_rows(parent, cross_kv, source_mask, cross_mask);
-      if (!next_position(token, self_kv, pos, cross_kv, cross_mask, banned, n_alt, row_lp, row_ids, alt_ids, alt_lps)) {
+      if (!next_position(token, self_kv, pos, cross_kv, cross_mask, banned, n_alt, row_lp, row_ids, hist)) {
         bad_position = prefix_len + step;
         break;
       }
@@ -428,17 +414,35 @@ class Step : public Pass {
     std::vector<Finished> finished;
     for (size_t si = 0; si < fin.size(); ++si)
       for (const Fin& f : fin[si]) finished.emplace_back(static_cast<int64_t>(si), f.score, f.position, f.row, f.token, f.token_lp, f.eos);
-    return {parents, tokens, chosens, alt_ids, alt_lps, finished, step, bad_position};
+    return {hist.parents, hist.tokens, hist.chosens, hist.alt_ids, hist.alt_lps, finished, step, bad_position};
   }
 
  private:
-  // The rows `keep` of a step's selection (sentences that are done leave the batch).
-  static void keep_rows(const std::vector<int64_t>& keep, Tensor& parent, Tensor& token, Tensor& chosen, Tensor& scores) {
-    const Tensor index = at::tensor(keep, parent.options());
-    parent = parent.index_select(0, index);
-    token = token.index_select(0, index);
-    chosen = chosen.index_select(0, index);
-    scores = scores.index_select(0, index);
+  // search._History's per-step records, as the loops fill them.
+  struct History {
+    std::vector<Tensor> parents, tokens, chosens, alt_ids, alt_lps;
+  };
+
+  // What search.search does with a strategy's selection: the rows of sentences that are done leave the batch
+  // (`keep`: the rows kept, `kept`: their sentences), the selection is recorded, the scores move on. Returns
+  // whether rows left.
+  static bool select_rows(History& hist, const std::vector<int64_t>& keep, std::vector<int64_t> kept,
+                          std::vector<int64_t>& alive, Tensor& parent, Tensor& token, Tensor& chosen,
+                          Tensor& new_scores, Tensor& scores) {
+    const bool dropped = kept.size() < alive.size();
+    if (dropped) {
+      const Tensor index = at::tensor(keep, parent.options());
+      parent = parent.index_select(0, index);
+      token = token.index_select(0, index);
+      chosen = chosen.index_select(0, index);
+      new_scores = new_scores.index_select(0, index);
+      alive = std::move(kept);
+    }
+    hist.parents.push_back(parent);
+    hist.tokens.push_back(token);
+    hist.chosens.push_back(chosen);
+    scores = new_scores;
+    return dropped;
   }
 
   // KVCache.reorder's source part when rows leave: the kept rows' cross keys/values and mask.
@@ -453,7 +457,7 @@ class Step : public Pass {
   // calls, the alternatives kept); false when a row's best log-prob is not finite.
   bool next_position(const Tensor& token, const Tensor& self_kv, int64_t& pos, const Tensor& cross_kv,
                      const std::optional<Tensor>& cross_mask, const Tensor& banned, int64_t n_alt, Tensor& row_lp,
-                     Tensor& row_ids, std::vector<Tensor>& alt_ids, std::vector<Tensor>& alt_lps) const {
+                     Tensor& row_ids, History& hist) const {
     TORCH_CHECK(pos < self_kv.size(4), "KV cache capacity exceeded");
     const int64_t n_top = row_ids.size(1);
     Tensor logits = step(token.unsqueeze(1), self_kv, pos, cross_kv, cross_mask, false)[0];  // (N, 1, V)
@@ -464,8 +468,8 @@ class Step : public Pass {
     row_lp = std::get<0>(top);
     row_ids = std::get<1>(top);
     if (!at::isfinite(row_lp.select(1, 0)).all().item<bool>()) return false;  // NaN ranks first in topk
-    alt_ids.push_back(n_top == n_alt ? row_ids : row_ids.slice(1, 0, n_alt));
-    alt_lps.push_back(n_top == n_alt ? row_lp : row_lp.slice(1, 0, n_alt));
+    hist.alt_ids.push_back(n_top == n_alt ? row_ids : row_ids.slice(1, 0, n_alt));
+    hist.alt_lps.push_back(n_top == n_alt ? row_lp : row_lp.slice(1, 0, n_alt));
     return true;
   }
 
