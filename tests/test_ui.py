@@ -865,6 +865,25 @@ async def test_typed_language_picks_the_direction_and_an_unhandled_language_is_r
         await wait_for(pilot, lambda: len(app.exchanges) == n + 1 and app.exchanges[-1].status == "done")
 
 
+def test_the_language_detector_runs_in_its_own_process():
+    """lingua holds the GIL for the seconds its models take to load: run in the app's process it froze the
+    screen and keys then. It runs in a helper process: lingua is never imported here, the answers are the
+    same, text lingua cannot take is "unsure" without killing the helper, and a dead helper means "unsure"."""
+    code = """
+import sys
+from tui_translate import langid
+langid.warm_up()
+answers = [langid.detect(t) for t in ("the cat sleeps on the sofa", "je suis étudiant", "Ich habe heute keine Zeit für dich.",
+                                      "bad \\ud800 text", "the cat sleeps on the sofa")]
+print(answers, "lingua" in sys.modules)
+langid._ready[1]._proc.kill()
+langid._ready[1]._proc.wait()
+print(langid.detect("the cat sleeps on the sofa"))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout.splitlines()
+    assert out == ["['en', 'fr', 'de', None, 'en'] False", "None"], out
+
+
 @pytest.mark.parametrize("confidence, flagged", [(1.0, False), (0.3, True)])
 async def test_translations_the_model_doubts_are_flagged(tmp_path, confidence, flagged):
     """Feature 15: a translation whose tokens the model itself gave low probability is marked."""

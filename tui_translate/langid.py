@@ -6,12 +6,19 @@ the models the app has (`want`, from each model's own language pair: a Hub model
 tokenizer_config.json may say `deu` or `rus`, which are mapped to the codes lingua answers with).
 Loading its language models takes seconds and about 200 MB (lingua's high-accuracy mode, the one
 that works on a few words; its low-accuracy mode needs a tenth of that but answers "unsure" for short
-sentences), so the app warms it in a worker thread and `detect` answers nothing until the detector
-covers every wanted language.
+sentences), and lingua holds the GIL the whole time: in the app's process that froze the screen and the
+keyboard for those seconds, just when the model was ready. So the detector lives in a helper process
+(`python -m tui_translate.langid CODES...`, one JSON line per question and answer), started by `warm_up`
+from a worker thread; `detect` answers nothing until the helper covers every wanted language, and nothing
+if it has died.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterable
 
@@ -54,18 +61,46 @@ def want(codes: Iterable[str | None]) -> None:
         _wanted = _wanted | extra
 
 
-def warm_up() -> None:
-    """Build the detector for the wanted languages with their models loaded (slow; call from a thread)."""
-    global _ready
-    from lingua import LanguageDetectorBuilder
+class _Helper:
+    """The detector's process: one question (a JSON string) per line in, one answer (a code or null) per line out."""
 
+    def __init__(self, codes: Iterable[str]) -> None:
+        self._lock = threading.Lock()
+        self._proc = subprocess.Popen([sys.executable, "-m", "tui_translate.langid", *sorted(codes)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
+        atexit.register(self.close)
+        if self._proc.stdout.readline().strip() != "ready":  # blocks this (worker) thread only: a pipe read releases the GIL
+            self.close()
+            raise RuntimeError("the language detector's process did not start")
+
+    def ask(self, text: str) -> str | None:
+        with self._lock:
+            try:
+                self._proc.stdin.write(json.dumps(text) + "\n")
+                self._proc.stdin.flush()
+                return json.loads(self._proc.stdout.readline())
+            except (OSError, ValueError):  # the helper died (killed, out of memory): unsure from now on
+                return None
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def warm_up() -> None:
+    """Start the detector's process for the wanted languages and wait until its models are loaded (seconds;
+    call from a thread)."""
+    global _ready
     wanted = _wanted
-    languages = [_language(c) for c in sorted(wanted)]
-    detector = (LanguageDetectorBuilder.from_languages(*languages).with_minimum_relative_distance(MIN_RELATIVE_DISTANCE)
-                .with_preloaded_language_models().build())
+    helper = _Helper(wanted)
     with _lock:
         if wanted == _wanted:  # else a later warm-up, for more languages, publishes its own
-            _ready = (wanted, detector)
+            _ready, replaced = (wanted, helper), _ready
+        else:
+            replaced = (wanted, helper)
+    if replaced is not None:
+        replaced[1].close()
 
 
 def is_warm() -> bool:
@@ -82,14 +117,30 @@ def detect(text: str, wait: bool = False) -> str | None:
     ready = _ready
     if ready is None or (not wait and ready[0] != _wanted):
         return None
-    detector = ready[1]
+    return ready[1].ask(text)
+
+
+def _answer(detector, text: str) -> str | None:
+    """The helper's side of `detect`."""
     language = detector.detect_language_of(text)
-    if language is None:
-        return None
-    confidence = detector.compute_language_confidence(text, language)
-    if confidence < MIN_CONFIDENCE:
+    if language is None or detector.compute_language_confidence(text, language) < MIN_CONFIDENCE:
         return None
     return language.iso_code_639_1.name.lower()
+
+
+def _serve(codes: list[str]) -> None:
+    from lingua import LanguageDetectorBuilder
+
+    languages = [lang for lang in map(_language, codes) if lang is not None]
+    detector = (LanguageDetectorBuilder.from_languages(*languages).with_minimum_relative_distance(MIN_RELATIVE_DISTANCE)
+                .with_preloaded_language_models().build())
+    print("ready", flush=True)
+    for line in sys.stdin:
+        try:
+            answer = _answer(detector, json.loads(line))
+        except Exception:  # e.g. a lone surrogate lingua cannot take: unsure, and the helper lives on
+            answer = None
+        print(json.dumps(answer), flush=True)
 
 
 def name(lang: str) -> str:
@@ -97,3 +148,7 @@ def name(lang: str) -> str:
         return NAMES[lang]
     language = _language(lang)
     return language.name.title() if language is not None else lang
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1:])
