@@ -245,6 +245,29 @@ def test_resume_with_other_data_is_refused(toy_files, tmp_path):
     train(toy_config(toy_files, out, max_steps=30, eval_every=1000, save_every=10), resume=True)  # same data: resumes
 
 
+def test_resume_accepts_the_same_tokenizer_at_another_path_and_refuses_another(toy_files, tmp_path):
+    """A run started with --tokenizer A resumes with --tokenizer B when B has A's content (A moved: a warm
+    start's weights became the shipped model); a tokenizer with other content is refused."""
+    import shutil
+
+    from tui_translate.config import ConfigError
+
+    first = tmp_path / "first"
+    train(toy_config(toy_files, first, max_steps=5, eval_every=1000, save_every=5))
+    a, b = tmp_path / "a" / "tokenizer.json", tmp_path / "b" / "tokenizer.json"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    shutil.copyfile(first / "tokenizer.json", a)
+    out = tmp_path / "run"
+    train(toy_config(toy_files, out, max_steps=10, eval_every=1000, save_every=5, tokenizer=str(a)))
+    shutil.move(a, b)
+    train(toy_config(toy_files, out, max_steps=15, eval_every=1000, save_every=5, tokenizer=str(b)), resume=True)
+    assert checkpoint_dirs(out)[-1].name == "step-0000015"
+    b.write_text(b.read_text() + "\n")  # other bytes: another tokenizer file, as far as a resume can tell
+    with pytest.raises(ConfigError, match="different tokenizer"):
+        train(toy_config(toy_files, out, max_steps=20, eval_every=1000, save_every=5, tokenizer=str(b)), resume=True)
+
+
 def test_a_truncated_checkpoint_is_left_out_of_the_average(toy_files, tmp_path):
     from tui_translate.train import export_run
 

@@ -98,6 +98,10 @@ def run_difference(saved: TrainConfig, cfg: TrainConfig, names=RUN_IDENTITY) -> 
     return next((n for n in names if _identity_value(saved, n) != _identity_value(cfg, n)), None)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
+
+
 STATE_COUNTERS = ("step", "epoch", "batch", "best_val", "bad_evals", "tokens", "elapsed")
 TRAINING_LOG = "training-log.jsonl"  # an exported model's metrics (curves), carried into a run continued from it
 
@@ -370,10 +374,18 @@ def _train(cfg: TrainConfig, resume: bool, console: Console, d: Dist, stop_after
     if d.main:
         if resume and cfg_file.exists():
             saved = TrainConfig.from_dict(read_run_json(cfg_file))
-            name = run_difference(saved, cfg, ("model", "direction", "train", "clean", "max_len", "limit_pairs", "tokenizer", "vocab_size"))
+            # The run keeps its own copy of the tokenizer, which is what a --tokenizer file is compared with: the
+            # same content at another path (the shipped model's, after the file the run started from moved) is
+            # the same tokenizer, and other content at the same path is not.
+            own = out_dir / "tokenizer.json"
+            by_content = bool(cfg.tokenizer) and own.is_file()
+            names = ("model", "direction", "train", "clean", "max_len", "limit_pairs", "vocab_size") + (() if by_content else ("tokenizer",))
+            name = run_difference(saved, cfg, names)
             if name:
                 raise ConfigError(f"{cfg_file}: --resume with a different {name} than the saved run "
                                   f"({getattr(saved, name)!r} there, {getattr(cfg, name)!r} now)")
+            if by_content and not _same_file(Path(cfg.tokenizer).expanduser(), own):
+                raise ConfigError(f"--tokenizer {cfg.tokenizer}: --resume with a different tokenizer than the run's own {own}")
         write_text(cfg_file, json.dumps(cfg.to_dict(), indent=2))
 
     torch.manual_seed(cfg.seed)
