@@ -884,6 +884,15 @@ print(langid.detect("the cat sleeps on the sofa"))
     assert out == ["['en', 'fr', 'de', None, 'en'] False", "None"], out
 
 
+def test_a_language_detector_that_cannot_start_leaves_detection_off(monkeypatch):
+    from tui_translate import langid
+
+    monkeypatch.setattr(langid, "_ready", None)
+    monkeypatch.setattr(langid.sys, "executable", "/nonexistent/python")
+    langid.warm_up()  # no exception: the app's worker would take the app down with it
+    assert not langid.is_warm() and langid.detect("the cat sleeps on the sofa") is None
+
+
 @pytest.mark.parametrize("confidence, flagged", [(1.0, False), (0.3, True)])
 async def test_translations_the_model_doubts_are_flagged(tmp_path, confidence, flagged):
     """Feature 15: a translation whose tokens the model itself gave low probability is marked."""

@@ -90,10 +90,13 @@ class _Helper:
 
 def warm_up() -> None:
     """Start the detector's process for the wanted languages and wait until its models are loaded (seconds;
-    call from a thread)."""
+    call from a thread). A helper that cannot start leaves detection off (`detect` answers None)."""
     global _ready
     wanted = _wanted
-    helper = _Helper(wanted)
+    try:
+        helper = _Helper(wanted)
+    except (OSError, RuntimeError):
+        return
     with _lock:
         if wanted == _wanted:  # else a later warm-up, for more languages, publishes its own
             _ready, replaced = (wanted, helper), _ready
