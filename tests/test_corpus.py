@@ -129,7 +129,7 @@ def test_number_and_repetition_checks():
 
 
 NUMBERS = Path(__file__).resolve().parent / "data" / "numbers.fr-en.tsv"  # 40 number-bearing pairs written for issue 14
-SHIPPED = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
@@ -141,10 +141,10 @@ def test_the_default_model_keeps_the_numbers_of_a_fixed_list(strategy):
     from tui_translate.quality import numbers_kept
     from tui_translate.translator import Translator
 
-    if not (SHIPPED / "fr-en" / "model.safetensors").exists():
+    if not (MODELS / "fr-en" / "model.safetensors").exists():
         pytest.skip("no shipped model in this checkout")
     sources = [line.split("\t")[0] for line in NUMBERS.read_text(encoding="utf-8").splitlines()]
-    outputs = [t.text for t in Translator.load(SHIPPED / "fr-en").translate_batch(sources, DecodeConfig(strategy=strategy))]
+    outputs = [t.text for t in Translator.load(MODELS / "fr-en").translate_batch(sources, DecodeConfig(strategy=strategy))]
     kept, counted = numbers_kept(sources, outputs)
     assert counted == 40
     assert kept >= 0.95, [(s, o) for s, o in zip(sources, outputs) if not numbers_kept([s], [o])[0]]

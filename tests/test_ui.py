@@ -867,8 +867,9 @@ async def test_typed_language_picks_the_direction_and_an_unhandled_language_is_r
 
 def test_the_language_detector_runs_in_its_own_process():
     """lingua holds the GIL for the seconds its models take to load: run in the app's process it froze the
-    screen and keys then. It runs in a helper process: lingua is never imported here, the answers are the
-    same, text lingua cannot take is "unsure" without killing the helper, and a dead helper means "unsure"."""
+    screen and keys then. It runs in a helper process: warming and asking never import lingua here (the app
+    only maps language codes with it, in milliseconds), the answers are the same, text lingua cannot take is
+    "unsure" without killing the helper, and a dead helper means "unsure"."""
     code = """
 import sys
 from tui_translate import langid

@@ -83,6 +83,7 @@ class _Helper:
                 return None
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
