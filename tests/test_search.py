@@ -257,10 +257,11 @@ from tui_translate.engine import InferenceEngine  # noqa: E402
 
 
 class CountingDecoder:
-    """A decoder that records how many new tokens per row each decode_step call fed."""
+    """A decoder that records how many new tokens per row each decode_step call fed, and how many positions
+    went through the output layer (`projected`: one entry per call, its positions)."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.fed = inner, []
+        self.inner, self.fed, self.projected = inner, [], []
         self.config = inner.config
 
     def encode(self, src, need_weights=False):
@@ -269,9 +270,15 @@ class CountingDecoder:
     def start_cache(self, encoded, capacity):
         return self.inner.start_cache(encoded, capacity)
 
-    def decode_step(self, tokens, cache, need_weights=False):
+    def decode_step(self, tokens, cache, need_weights=False, logits=True):
         self.fed.append(tokens.size(1))
-        return self.inner.decode_step(tokens, cache, need_weights)
+        if logits:
+            self.projected.append(tokens.size(1))
+        return self.inner.decode_step(tokens, cache, need_weights, logits=logits)
+
+    def logits(self, hidden):
+        self.projected.append(1)
+        return self.inner.logits(hidden)
 
 
 @pytest.fixture(scope="module", params=["model", "fp32", "int8"])
@@ -370,14 +377,19 @@ def test_right_draft_takes_one_pass_and_wrong_draft_goes_on_step_by_step(model, 
     assert [e for e in events if isinstance(e, SearchStep)] == []
     assert events[-1].hypotheses[0][0].tokens == want
 
-    k = 2
-    wrong = CountingDecoder(engine)
-    draft = want[:k] + [t for t in range(4, tokenizer.vocab_size) if t != want[k]][:3]
-    events = list(search(wrong, src, cfg, draft=draft))
-    assert wrong.fed == [1 + len(draft)] + [1] * (len(want) - k - 1)
-    partials = [len(e.partial[0]) for e in events if isinstance(e, SearchStep)]
-    assert partials == list(range(k + 1, len(want)))  # the k drafted tokens and the one chosen at k, then one by one
-    assert events[-1].hypotheses[0][0].tokens == want
+    # the output layer runs on a drafted position only once the search reaches it: every position once
+    assert right.projected == [1] * len(want)
+
+    for k in (2, 0):
+        wrong = CountingDecoder(engine)
+        draft = want[:k] + [t for t in range(4, tokenizer.vocab_size) if t != want[k]][:3]
+        events = list(search(wrong, src, cfg, draft=draft))
+        assert wrong.fed == [1 + len(draft)] + [1] * (len(want) - k - 1)
+        # positions 0..k from the draft's pass, then one per step: the rejected positions never reach the output layer
+        assert wrong.projected == [1] * (k + 1) + [1] * (len(want) - k - 1)
+        partials = [len(e.partial[0]) for e in events if isinstance(e, SearchStep)]
+        assert partials == list(range(k + 1, len(want)))  # the k drafted tokens and the one chosen at k, then one by one
+        assert events[-1].hypotheses[0][0].tokens == want
 
 
 @pytest.mark.parametrize("cfg", [DecodeConfig(strategy="sample", seed=5, temperature=1.3),

@@ -84,22 +84,26 @@ class Engine:
     run: Callable[[object, DecodeConfig], tuple[int, float | None]]
 
 
-def _ours(translator: Translator, attention: bool, int8: bool = False) -> Engine:
+def _ours(translator: Translator, attention: bool, int8: bool = False, rules: bool = False) -> Engine:
+    """rules: decode with the output rules `translate` and `eval` apply by default (constraints.py), built from the
+    texts inside the timing; the other engines, like the peers, run the plain search."""
     model, tok = translator.model, translator.tokenizer
     # the translator's engine when it has this precision, else one of the other precision on the same weights
     engine = translator.engine if translator.int8 == int8 else InferenceEngine(model, "int8" if int8 else "fp32")
 
-    def run(src: torch.Tensor, config: DecodeConfig) -> tuple[int, float | None]:
+    def run(prepared: tuple[torch.Tensor, list[str]], config: DecodeConfig) -> tuple[int, float | None]:
+        src, texts = prepared
         start = time.perf_counter()
+        ruled = [translator.rules(text, config) for text in texts] if rules else None
         first = None
         final = None
-        for event in search(engine, src, config, need_weights=attention, stream=attention):
+        for event in search(engine, src, config, need_weights=attention, stream=attention, rules=ruled):
             if first is None and isinstance(event, SearchStep):
                 first = time.perf_counter() - start
             final = event
         return sum(len(h[0].tokens) for h in final.hypotheses), first
 
-    return Engine(lambda texts: pad_batch(tok.encode_ids(texts), model.config.pad_id), run)
+    return Engine(lambda texts: (pad_batch(tok.encode_ids(texts), model.config.pad_id), texts), run)
 
 
 def _export_peers(translator: Translator) -> tuple[dict[str, tuple], dict[str, str]]:
@@ -159,12 +163,12 @@ def _build_engine(spec: tuple) -> Engine:
     """An engine from its spec, inside the worker process that times it."""
     kind = spec[0]
     if kind == "ours":
-        _, path, attention, int8 = spec
+        _, path, attention, int8, rules = spec
         from .translator import load_translator
 
         if path not in _LOADED:  # fast, capture and int8 share one model, as they do in the app
             _LOADED[path] = load_translator(path)
-        return _ours(_LOADED[path], attention, int8)
+        return _ours(_LOADED[path], attention, int8, rules)
     if kind == "transformers":
         import transformers
         from transformers import MarianMTModel, MarianTokenizer
@@ -477,8 +481,10 @@ def run_bench(translator: Translator, texts: list[str], console: Console, batch_
     Engines then run with their weights in cache, as when translating a document; block=1 interleaves
     every sentence, so each engine starts from caches the previous engine filled."""
     ours = str(translator.path)
-    groups: dict[str, dict[str, tuple]] = {"ours": {"ours-fast": ("ours", ours, False, False), "ours-capture": ("ours", ours, True, False),
-                                                    "ours-int8": ("ours", ours, False, True)}}
+    groups: dict[str, dict[str, tuple]] = {"ours": {"ours-fast": ("ours", ours, False, False, False),
+                                                    "ours-capture": ("ours", ours, True, False, False),
+                                                    "ours-int8": ("ours", ours, False, True, False),
+                                                    "ours-int8-rules": ("ours", ours, False, True, True)}}
     skipped: dict[str, str] = {}
     if peers:
         specs, skipped = _export_peers(translator)

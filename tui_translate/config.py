@@ -140,6 +140,8 @@ class DecodeConfig:
     Maximum target length = max_length_ratio * source length + max_length_offset
     (capped by the model's positions).
     n_alternatives: how many top-k alternatives are kept at every target position.
+    keep_numbers: the output's numbers are digit runs of the source, copied (constraints.py).
+    block_repeats: no word (block of up to four pieces) three times in a row (constraints.py).
     """
 
     strategy: Literal["greedy", "beam", "sample"] = "greedy"
@@ -154,6 +156,8 @@ class DecodeConfig:
     max_length_ratio: float = 1.5
     max_length_offset: int = 10
     n_alternatives: int = 5
+    keep_numbers: bool = True
+    block_repeats: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

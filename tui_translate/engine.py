@@ -95,10 +95,19 @@ class InferenceEngine:
             return None
         return self._step.native
 
-    def decode_step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> StepOutput:
+    def decode_step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False, logits: bool = True) -> StepOutput:
         """tokens: (N, T_new) -> the model's `decode_step` computed by the fused step (any T_new: one token per
-        step, or a forced prefix or draft as one block)."""
+        step, or a forced prefix or draft as one block). logits=False: `hidden` instead of logits, as the model's."""
         if not self._fused():
-            return self.model.decode_step(tokens, cache, need_weights, packed=self.packed)
+            return self.model.decode_step(tokens, cache, need_weights, packed=self.packed, logits=logits)
         step = self._step if self._step is not None else self.fused_step()
-        return StepOutput(*step.step(tokens, cache, need_weights))
+        out, self_w, cross_w = step.step(tokens, cache, need_weights, logits)
+        return StepOutput(out, self_w, cross_w) if logits else StepOutput(None, self_w, cross_w, out)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """hidden: (N, D) one position of `decode_step(logits=False)`'s `hidden` -> logits (N, V), as the one-token
+        step of these rows computes them."""
+        if not self._fused():
+            return self.model.logits(hidden, self.packed)
+        step = self._step if self._step is not None else self.fused_step()
+        return step.output_layer(hidden)

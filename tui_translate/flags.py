@@ -28,6 +28,9 @@ _FLAGS = {
     "seed": ("--seed", "S", "random seed for sampling"),
     "max_length_ratio": ("--max-length-ratio", "R",
                          f"max target tokens = R * source tokens + {_DEFAULT.max_length_offset}"),
+    "keep_numbers": ("--free-numbers", None, "let the model write any digits (default: the output's numbers are the "
+                     "source's digit runs, copied)"),
+    "block_repeats": ("--allow-repeats", None, "let the model repeat a word three times in a row (default: ruled out)"),
 }
 
 
@@ -49,8 +52,8 @@ def add_decode_args(parser: argparse.ArgumentParser) -> None:
             continue
         flag, metavar, text = _FLAGS[f.name]
         default = getattr(_DEFAULT, f.name)
-        if isinstance(default, bool):
-            group.add_argument(flag, dest=f.name, action="store_true", help=text)
+        if isinstance(default, bool):  # a flag turns the default around
+            group.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", help=text)
         elif f.name == "strategy":
             group.add_argument(flag, dest=f.name, choices=STRATEGIES, default=default, help=f"{text} (default: {default})")
         else:

@@ -249,16 +249,19 @@ class FusedDecoderStep(_Residuals):
                         _norm_spec(model.decoder_norm) if self.pre else None)
         return step
 
-    def step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False,
+             logits: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """tokens: (N, T) the next decoder inputs of every row (T = 1 at every step of a search).
 
         Returns logits (N, T, V) and, with need_weights, the self-attention (N, L, H, T, T_past + T) and
-        cross-attention (N, L, H, T, S) of the new positions (computed explicitly, as the capture path does)."""
+        cross-attention (N, L, H, T, S) of the new positions (computed explicitly, as the capture path does).
+        logits=False: the states the output layer reads, (N, T, D), in the logits' place (`output_layer`
+        computes one position's logits as its one-token step does)."""
         pos = cache.length
         n, t = tokens.shape
         if pos + t > self.max_positions:
             raise ValueError(f"sequence of {pos + t} positions exceeds max_positions={self.max_positions}")
-        if t == 1 and self.native is not None:
+        if t == 1 and self.native is not None and logits:
             if pos + 1 > cache.capacity:
                 raise ValueError(f"KV cache capacity {cache.capacity} exceeded")
             try:
@@ -321,7 +324,12 @@ class FusedDecoderStep(_Residuals):
         cache.advance(t)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        logits = self.logits(x, n).view(n, t, -1)  # (N, T, V)
+        out = self.logits(x, n).view(n, t, -1) if logits else x.view(n, t, d)  # (N, T, V) or (N, T, D)
         if not need_weights:
-            return logits, None, None
-        return logits, torch.stack(self_ws, 1), torch.stack(cross_ws, 1)  # (N, L, H, T, T_past + T) and (N, L, H, T, S)
+            return out, None, None
+        return out, torch.stack(self_ws, 1), torch.stack(cross_ws, 1)  # (N, L, H, T, T_past + T) and (N, L, H, T, S)
+
+    def output_layer(self, hidden: Tensor) -> Tensor:
+        """hidden: (N, D) one position of every row, as `step(logits=False)` returned it -> logits (N, V), the
+        product a one-token step of these N rows makes."""
+        return self.logits(hidden, hidden.size(0))

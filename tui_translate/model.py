@@ -39,9 +39,10 @@ class EncoderOutput:
 
 @dataclass
 class StepOutput:
-    logits: Tensor  # (N, T_new, V)
+    logits: Tensor | None  # (N, T_new, V); None when the caller asked for `hidden` instead
     self_attention: Tensor | None = None  # (N, L, H, T_new, T_past + T_new)
     cross_attention: Tensor | None = None  # (N, L, H, T_new, S)
+    hidden: Tensor | None = None  # (N, T_new, D) the states the output layer reads, when logits were not computed
 
 
 class Transformer(nn.Module):
@@ -151,10 +152,12 @@ class Transformer(nn.Module):
         return KVCache.create(cross, encoded.source_mask, capacity)
 
     def decode_step(self, tokens: Tensor, cache: KVCache, need_weights: bool = False,
-                    packed: PackedWeights | None = None) -> StepOutput:
+                    packed: PackedWeights | None = None, logits: bool = True) -> StepOutput:
         """tokens: (N, T_new) the next decoder inputs (usually T_new = 1; a forced prefix or a draft
         feeds several at once). Returns logits (N, T_new, V) and, on the capture path, the self-attention
-        (N, L, H, T_new, T_past+T_new) and cross-attention (N, L, H, T_new, S) of the new positions."""
+        (N, L, H, T_new, T_past+T_new) and cross-attention (N, L, H, T_new, S) of the new positions.
+        logits=False: `hidden` (N, T_new, D) instead, for the caller to run the output layer (`logits`) on the
+        positions it needs, one position (N, D) at a time as a one-token step does."""
         x = self._embed(self.tgt_embed, tokens, offset=cache.length)  # (N, T_new, D)
         self_ws, cross_ws = [], []
         for i, layer in enumerate(self.decoder_layers):
@@ -162,10 +165,11 @@ class Transformer(nn.Module):
             self_ws.append(sw)
             cross_ws.append(cw)
         cache.advance(tokens.size(1))
-        logits = self.logits(self.decoder_norm(x), packed)  # (N, T_new, V)
+        hidden = self.decoder_norm(x)  # (N, T_new, D)
+        out = self.logits(hidden, packed) if logits else None  # (N, T_new, V)
         if not need_weights:
-            return StepOutput(logits)
-        return StepOutput(logits, torch.stack(self_ws, 1), torch.stack(cross_ws, 1))
+            return StepOutput(out, hidden=None if logits else hidden)
+        return StepOutput(out, torch.stack(self_ws, 1), torch.stack(cross_ws, 1), None if logits else hidden)
 
     # -- teacher forcing ----------------------------------------------------------------------
     def decode(

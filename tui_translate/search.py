@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import DecodeConfig
+from .constraints import SourceRules
 from .engine import InferenceEngine
 from .errors import DecodingError
 from .model import StepOutput, Transformer
@@ -126,9 +127,11 @@ def pad_batch(ids: list[list[int]], pad_id: int) -> Tensor:
 
 
 def search_in_batches(
-    model: Decoder, sources: list[list[int]], config: DecodeConfig, batch_size: int = 32, need_weights: bool = False
+    model: Decoder, sources: list[list[int]], config: DecodeConfig, batch_size: int = 32, need_weights: bool = False,
+    rules: Sequence[SourceRules | None] | None = None,
 ) -> Iterator[tuple[list[int], SearchDone, float]]:
     """Decode many sources, `batch_size` at a time, sentences of similar length together (less padding).
+    `rules`: per source, its output rules (constraints.py), or None.
 
     Yields (indices into `sources`, their SearchDone in that order, seconds the batch took) per batch.
     """
@@ -139,7 +142,7 @@ def search_in_batches(
         began = time.perf_counter()
         final = None
         for final in search(model, pad_batch([sources[i] for i in idx], model.config.pad_id), config, need_weights=need_weights,
-                            stream=False):
+                            stream=False, rules=None if rules is None else [rules[i] for i in idx]):
             pass
         assert isinstance(final, SearchDone)
         yield idx, final, time.perf_counter() - began
@@ -366,9 +369,31 @@ def _compiled_loop(model: Decoder):
     return step if step is not None and hasattr(step, "beam") else None
 
 
+def _apply_rules(rules: list[SourceRules | None], sentence_of_row: list[int], rows_so_far: Tensor,
+                 logp: Tensor, raw: Tensor | None) -> None:
+    """Set to -inf, in place in `logp` (N, V) and `raw` (N, V), the tokens each row's rules rule out next, given
+    its tokens so far `rows_so_far` (N, t)."""
+    window = max(r.window for r in rules if r is not None)
+    tails = rows_so_far[:, -window:].tolist() if rows_so_far.size(1) else [[] for _ in sentence_of_row]
+    targets = [logp] if raw is None or raw.data_ptr() == logp.data_ptr() else [logp, raw]
+    for row, si in enumerate(sentence_of_row):
+        rule = rules[si]
+        if rule is None:
+            continue
+        only, ruled_out = rule.ruled_out(tails[row])
+        for scores in targets:
+            if only is not None:
+                keep = scores[row, only]  # advanced indexing: a copy
+                scores[row].fill_(float("-inf"))
+                scores[row, only] = keep
+            elif ruled_out:
+                scores[row, ruled_out] = float("-inf")
+
+
 def _rows(out: StepOutput, index: Tensor) -> StepOutput:
     """The rows `index` (N_new,) of every tensor of a decoder output."""
-    return StepOutput(*(None if t is None else t.index_select(0, index) for t in (out.logits, out.self_attention, out.cross_attention)))
+    return StepOutput(*(None if t is None else t.index_select(0, index)
+                        for t in (out.logits, out.self_attention, out.cross_attention, out.hidden)))
 
 
 @torch.inference_mode()
@@ -380,6 +405,7 @@ def search(
     need_weights: bool = False,
     draft: list[int] | None = None,
     stream: bool = True,
+    rules: Sequence[SourceRules | None] | None = None,
 ) -> Iterator[SearchStep | SearchDone]:
     """Decode a batch of sources.
 
@@ -391,6 +417,8 @@ def search(
     stream: yield a SearchStep after every step. False: only the SearchDone, which lets greedy decoding and beam
     search on the fast path (no attention, no draft) run their whole loop in the compiled step when it is in
     use, with the same result.
+    rules: per sentence, the output rules of constraints.py (None: none), applied to every row's distribution
+    before anything is chosen or recorded.
     """
     mc = model.config
     device = src.device
@@ -412,6 +440,7 @@ def search(
     drafted = draft_tokens(draft, mc, max(max_new) - 1) if k_beam == 1 else []
     cache = model.start_cache(encoded, capacity)  # one row per sentence until the first step is taken
     banned = _banned_tensor(tuple(_banned_ids(model)), device)  # ids never generated
+    rules = list(rules) if rules is not None and any(r is not None and r.active for r in rules) else None
     hist = _History()
 
     # Beam scores: only the first beam of each sentence is live until the first free step. (N,)
@@ -425,11 +454,16 @@ def search(
     # 2K others of its own row is beaten by them overall), so it ranks K * 2K candidates instead of K * V.
     n_top = min(max(n_alt, strategy.candidates), mc.vocab_size)
 
-    def record(out: StepOutput, t_index: int, logp: Tensor) -> tuple[Tensor, Tensor]:
+    def record(out: StepOutput, t_index: int, logp: Tensor, raw: Tensor | None = None,
+               sentences: list[int] | None = None, rows_so_far: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Keep the next position's alternatives (and attention), read at index t_index of `out`'s new positions;
-        return the rows' best (log-probs, ids), (N, n_top) each."""
+        return the rows' best (log-probs, ids), (N, n_top) each. With rules: `raw` the logits `logp` came from,
+        `sentences` the alive sentences (row r belongs to sentences[r // K]) and `rows_so_far` (N, t) each row's
+        tokens; the tokens the rules rule out become -inf in both."""
         position = len(hist.alt_ids)
         logp.index_fill_(-1, banned, float("-inf"))  # ids never generated; in place: nothing reads these ids later
+        if rules is not None and sentences is not None:
+            _apply_rules(rules, [si for si in sentences for _ in range(k_beam)], rows_so_far, logp, raw)
         top_lp, top_ids = torch.topk(logp, n_top, dim=-1)  # (N, n_top)
         # topk ranks NaN first, so a NaN anywhere in a row (or a row with nothing finite) shows in its best entry.
         # Checked on the N best values as Python floats: one tensor call per step instead of isfinite's four or five.
@@ -450,28 +484,42 @@ def search(
     # -- the first pass: [start, p1..pP, d1..dD] at once (forced prefix, draft) ---------------------------
     # Every beam of a sentence starts from the same inputs, so this runs on one row per sentence; the rows
     # (cache, cross-attention keys/values and outputs) are then copied to the K beams.
+    # With a draft the pass stops before the output layer: the logits of position j are one product on its states,
+    # made when the search reaches j, so a draft rejected at its first token costs one output layer, not one per
+    # drafted position (with int8 weights each position's product is its own call anyway: fbgemm scales per call).
     inputs = torch.tensor([[mc.decoder_start_id] + prefix + drafted], device=device).expand(b, -1)  # (B, 1+P+D)
-    block = model.decode_step(inputs, cache, need_weights)  # position j's distribution at index j
+    block = model.decode_step(inputs, cache, need_weights, logits=not drafted)  # position j at index j
+
+    def block_logits(j: int) -> Tensor:
+        """Position j's logits (rows, V) from the first pass (with a draft: from its states, as its one-token step
+        computes them)."""
+        if block.logits is not None:
+            return block.logits[:, j].float()
+        return model.logits(block.hidden[:, j].contiguous()).float()
+
+    first = [block_logits(j) for j in range(len(prefix) + 1)]  # forced positions and the first free one, (B, V) each
     if k_beam > 1:
         beams = torch.arange(b, device=device).repeat_interleave(k_beam)  # (N,) row -> its sentence
         cache.reorder(beams)
         block = _rows(block, beams)
-    block_logp = F.log_softmax(block.logits.float(), dim=-1)  # (N, 1+P+D, V)
+        first = [lg.index_select(0, beams) for lg in first]
+    everyone = list(range(b))
     for j, tok in enumerate(prefix):
-        record(block, j, block_logp[:, j])
+        logp = F.log_softmax(first[j], dim=-1)  # (N, V)
+        record(block, j, logp, first[j], everyone, seq)
         tok_t = torch.full((n,), tok, dtype=torch.long, device=device)
-        select(torch.arange(n, device=device), tok_t, block_logp[:, j, tok])
+        select(torch.arange(n, device=device), tok_t, logp[:, tok])
         beam_scores = beam_scores + hist.chosen_lp[-1]
         seq = torch.cat([seq, tok_t[:, None]], 1)
-    raw_logits = block.logits[:, len(prefix)].float()  # (N, V)
-    logp = block_logp[:, len(prefix)]  # (N, V)
-    row_lp, row_ids = record(block, len(prefix), logp)
+    raw_logits = first[len(prefix)]  # (N, V)
+    logp = F.log_softmax(raw_logits, dim=-1)  # (N, V)
+    row_lp, row_ids = record(block, len(prefix), logp, raw_logits, everyone, seq)
 
     alive = list(range(b))  # sentences still decoding; row r belongs to alive[r // K]
     last_partial: list[list[int]] = [[] for _ in range(b)]  # final partial of sentences already done
     step = 0
     compiled = (_compiled_loop(model) if not stream and config.strategy in ("greedy", "beam") and not need_weights
-                and not drafted else None)
+                and not drafted and rules is None else None)
     if compiled is not None:
         # the same loop in C++ (csrc/decoder_step.cpp, `Step.greedy` / `Step.beam`), for callers that only want the result
         args = (row_lp, row_ids, beam_scores, alive, max_new, len(prefix), mc.eos_id, n_alt, banned, cache.self_kv,
@@ -537,18 +585,18 @@ def search(
             cache.reorder(parent, same_source=not dropped)
         if follows_draft:
             if dropped:
-                block, block_logp = _rows(block, parent), block_logp.index_select(0, parent)
-            raw_logits = block.logits[:, position + 1].float()
-            logp = block_logp[:, position + 1]
-            row_lp, row_ids = record(block, position + 1, logp)
+                block = _rows(block, parent)
+            raw_logits = block_logits(position + 1)
+            logp = F.log_softmax(raw_logits, dim=-1)
+            row_lp, row_ids = record(block, position + 1, logp, raw_logits, alive, seq)
             continue
         if block is not None:  # off the draft (or past its end): the first pass is used up
             cache.truncate(position + 1)  # the draft's positions past the tokens kept are forgotten
-            drafted, block, block_logp = [], None, None
+            drafted, block = [], None
         out = model.decode_step(token[:, None], cache, need_weights)
         raw_logits = out.logits[:, -1].float()
         logp = F.log_softmax(raw_logits, dim=-1)  # (N, V)
-        row_lp, row_ids = record(out, 0, logp)
+        row_lp, row_ids = record(out, 0, logp, raw_logits, alive, seq)
 
     records = _Records.of(hist)
     hyps = [

@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import LoadedModel
 from .config import DecodeConfig, ModelConfig
+from .constraints import PieceTable, SourceRules
 from . import native
 from .engine import InferenceEngine
 from .loading import load_model
@@ -44,6 +45,7 @@ class Translator:
         self.int8 = int8
         # the decoding weights (packed, int8 when asked) and the fused encoder and step: the model itself stays as loaded
         self.engine = InferenceEngine(self.model, "int8" if int8 else "fp32")
+        self._pieces: PieceTable | None = None  # the target vocabulary as the output rules see it, built on first use
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 0, int8: bool = False) -> "Translator":
@@ -141,7 +143,8 @@ class Translator:
         first_token = None
         final = None
         guess = self._draft_ids(draft)[len(prefix or []):]
-        for event in search(self.engine, src, config, prefix=prefix, need_weights=attention, draft=guess):
+        for event in search(self.engine, src, config, prefix=prefix, need_weights=attention, draft=guess,
+                            rules=[self.rules(text, config)]):
             if cancelled is not None and cancelled():
                 raise Cancelled()
             if isinstance(event, SearchStep):
@@ -203,7 +206,9 @@ class Translator:
             else:
                 encoded.append((i, enc))
         done = 0
-        for rows, final, seconds in search_in_batches(self.engine, [e.ids for _, e in encoded], config, batch_size, attention):
+        rules = [self.rules(texts[i], config) for i, _ in encoded]
+        for rows, final, seconds in search_in_batches(self.engine, [e.ids for _, e in encoded], config, batch_size, attention,
+                                                      rules):
             for row, k in enumerate(rows):
                 i, enc = encoded[k]
                 results[i] = self._translation(texts[i], enc, final, row, config, seconds / len(rows), None, None)
@@ -211,6 +216,14 @@ class Translator:
             if progress is not None:
                 progress(done / len(encoded))
         return results  # type: ignore[return-value]
+
+    def rules(self, text: str, config: DecodeConfig) -> SourceRules | None:
+        """The output rules `config` asks for on the translation of `text` (constraints.py), or None."""
+        if not (config.keep_numbers or config.block_repeats):
+            return None
+        if self._pieces is None:
+            self._pieces = PieceTable.from_tokenizer(self.tokenizer)
+        return SourceRules(self._pieces, self.tokenizer.normalize(text), config.keep_numbers, config.block_repeats)
 
     # -- helpers ------------------------------------------------------------------------------
     def _draft_ids(self, draft: list[int] | str | None) -> list[int]:
