@@ -91,3 +91,22 @@ def translator(model_dir):
     from tui_translate.translator import Translator
 
     return Translator.load(model_dir)
+
+
+DIGIT_SOURCES = ["il a 25 ans", "en 1990 et 2011", "le 14 juillet", "le chat le chien le chat", "he is 25"]
+
+
+@pytest.fixture(scope="session")
+def digits_tokenizer():
+    """A tokenizer that knows digits (the toy one does not), for the output rules' tests."""
+    from tui_translate.tokenizer import train_tokenizer
+
+    corpus = ["il a 25 ans", "he is 25", "en 1990 et 2011", "in 1990 and 2011", "le 14 juillet 2,50 €",
+              "on 14 July 2.50", "the cat the dog", "le chat le chien"] * 5
+    return train_tokenizer(corpus, vocab_size=80, min_frequency=1, base_alphabet=False)
+
+
+@pytest.fixture(scope="session")
+def random_model(digits_tokenizer):
+    """An untrained model over `digits_tokenizer`: it emits digits and repeats freely, so rules have work to do."""
+    return make_model(digits_tokenizer, seed=3, max_positions=48)

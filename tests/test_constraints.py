@@ -15,7 +15,6 @@ from tui_translate.config import DecodeConfig
 from tui_translate.constraints import PieceTable, SourceRules
 from tui_translate.quality import digit_runs, has_repetition
 from tui_translate.search import SearchDone, pad_batch, search
-from tui_translate.tokenizer import train_tokenizer
 
 # A vocabulary with single digits (as the project's tokenizers split them) and merged digit pieces (as
 # SentencePiece vocabularies of imported models have), a word in two pieces and punctuation.
@@ -116,19 +115,6 @@ def test_any_output_the_rules_allow_keeps_to_them(source, picks):
 
 
 # -- the search with rules, against an oracle ------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def digits_tokenizer():
-    corpus = ["il a 25 ans", "he is 25", "en 1990 et 2011", "in 1990 and 2011", "le 14 juillet 2,50 €",
-              "on 14 July 2.50", "the cat the dog", "le chat le chien"] * 5
-    return train_tokenizer(corpus, vocab_size=80, min_frequency=1, base_alphabet=False)
-
-
-@pytest.fixture(scope="module")
-def random_model(digits_tokenizer):
-    """An untrained model: it emits digits and repeats freely, so the rules have work to do."""
-    return make_model(digits_tokenizer, seed=3, max_positions=48)
-
 
 def oracle_greedy(model, src: torch.Tensor, rules: SourceRules, max_new: int) -> list[int]:
     """Greedy decoding the slow way: the whole target re-run every step (no cache), the ruled-out tokens and

@@ -148,3 +148,27 @@ def test_the_default_model_keeps_the_numbers_of_a_fixed_list(strategy):
     kept, counted = numbers_kept(sources, outputs)
     assert counted == 40
     assert kept >= 0.95, [(s, o) for s, o in zip(sources, outputs) if not numbers_kept([s], [o])[0]]
+
+
+# news sentences on which the default model alone (int8, greedy) wrote a wrong number on 2026-12-03:
+# "Since 201, …", "Everybody's 1000 fans.", "since the 1950s" (the run "50" is not in it)
+SLIPS = ["Depuis 2011, une douzaine d'États ont adopté des lois exigeant des électeurs de prouver qu'ils sont citoyens américains.",
+         "Chaque vedette a 100 fans.",
+         "Mais son pays est, depuis les années 50 et déjà bien avant, dépendant de l'aide étrangère."]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_the_output_rules_keep_the_numbers_the_default_model_alone_gets_wrong(strategy):
+    """With the default output rules, the default model (int8, as the app and `translate` decode) keeps the
+    numbers of sentences it mistranslated alone; the rules never change a number-free sentence's digits."""
+    from tui_translate.config import DecodeConfig
+    from tui_translate.quality import digit_runs, keeps_numbers
+    from tui_translate.translator import Translator
+
+    if not (MODELS / "fr-en" / "model.safetensors").exists():
+        pytest.skip("no shipped model in this checkout")
+    translator = Translator.load(MODELS / "fr-en", int8=True)
+    outputs = [t.text for t in translator.translate_batch(SLIPS + ["Il a vingt ans."], DecodeConfig(strategy=strategy))]
+    for source, output in zip(SLIPS, outputs):
+        assert keeps_numbers(source, output), (source, output)
+    assert digit_runs(outputs[-1]) == []

@@ -371,3 +371,54 @@ def test_a_failing_compiled_loop_leaves_the_python_loop_to_decode(tokenizer, use
     monkeypatch.setattr(search_mod, "_compiled_loop", lambda m: Broken())
     got = list(search(translator.engine, src, DecodeConfig(), stream=False))
     assert _summary(got[-1], False) == _summary(expected, False)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_greedy_with_rules_on_the_compiled_loop_equals_the_python_loop(digits_tokenizer, random_model, use_native, int8):
+    """Greedy decoding with output rules for the result only (the compiled loop without the rules, then the sentences
+    the rules would have changed decoded again with them) gives what the Python loop with the rules gives:
+    tokens, log-probs, alternatives; with sentences of both kinds in the batch. With int8 weights a batch's
+    activations share one scale per product, so a sentence decoded again in a smaller batch rounds differently:
+    there, one sentence at a time is exact and a batch keeps to the rules (the untrained model's near ties may
+    then go either way)."""
+    from tests.conftest import DIGIT_SOURCES
+    from tui_translate.constraints import PieceTable, SourceRules
+    from tui_translate import search as search_module
+
+    table = PieceTable.from_tokenizer(digits_tokenizer)
+    engine = InferenceEngine(random_model, "int8" if int8 else "fp32")
+    cfg = DecodeConfig(strategy="greedy")
+    texts = DIGIT_SOURCES + ["le chat", "the cat"]
+    src = pad_batch(digits_tokenizer.encode_ids(texts), digits_tokenizer.pad_id)
+    rules = [SourceRules(table, t) for t in texts]
+    list(search(engine, src[:1], cfg, stream=False))  # binds the compiled step
+    with torch.inference_mode():  # as the search asks
+        assert search_module._compiled_loop(engine) is not None
+    free = list(search(engine, src, cfg, stream=False))[-1]
+    kept = [search_module._obeys(r, h[0], 0) for r, h in zip(rules, free.hypotheses)]
+    assert any(kept) and not all(kept)  # both paths of the check are taken
+    for batch in (list(range(len(texts))), [0], [len(texts) - 1]):
+        rows = torch.tensor(batch)
+        sub, sub_rules = src.index_select(0, rows), [rules[i] for i in batch]
+        checked = list(search(engine, sub, cfg, stream=False, rules=sub_rules))[-1]
+        python = list(search(engine, sub, cfg, stream=True, rules=sub_rules))[-1]
+        for a, b, rule in zip(checked.hypotheses, python.hypotheses, sub_rules, strict=True):
+            assert search_module._obeys(rule, a[0], 0)
+            if int8 and len(batch) > 1:
+                continue
+            assert a[0].tokens == b[0].tokens
+            assert a[0].token_logprobs == pytest.approx(b[0].token_logprobs, abs=1e-5)
+            assert torch.equal(a[0].alt_ids, b[0].alt_ids)
+
+
+def test_eval_text_with_rules_equals_the_translation_with_rules(digits_tokenizer, random_model, use_native):
+    """`eval` keeps one alternative per position (text only), so its greedy check reads the tokens alone: the same
+    text as translating with the default rules and five alternatives, on the Python loop and the compiled one."""
+    from tests.conftest import DIGIT_SOURCES
+    from tui_translate.evaluate import translate_texts
+
+    translator = Translator.for_model(random_model, digits_tokenizer, int8=True)
+    texts = DIGIT_SOURCES + ["le chat", "the cat"]
+    python = [translator.translate(t, DecodeConfig(), attention=False).text for t in texts]  # streams: the Python loop
+    for _ in range(2):  # the first call binds the compiled step; the second decodes on its loop
+        assert translate_texts(translator, None, texts, DecodeConfig(), batch_size=1) == python

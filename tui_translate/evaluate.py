@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sacrebleu.metrics import BLEU, CHRF
 
@@ -33,6 +33,9 @@ def translate_texts(
     (approximate for texts of several sentences)."""
     translator = model if isinstance(model, Translator) else Translator.for_model(model.eval(), tokenizer)
     report = None if progress is None else (lambda fraction: progress(round(fraction * len(texts))))
+    # Only the text is returned: one alternative per position (the chosen token) is all the search needs to keep,
+    # and with the output rules it lets greedy decoding check the compiled loop's tokens alone (search.py)
+    config = replace(config, n_alternatives=1)
     return [t.text for t in translator.translate_batch(texts, config, attention=False, batch_size=batch_size, progress=report)]
 
 

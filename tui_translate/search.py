@@ -420,6 +420,64 @@ def search(
     rules: per sentence, the output rules of constraints.py (None: none), applied to every row's distribution
     before anything is chosen or recorded.
     """
+    if rules is not None and not any(r is not None and r.active for r in rules):
+        rules = None
+    if (rules is not None and not stream and config.strategy == "greedy" and not need_weights and not draft
+            and _compiled_loop(model) is not None):
+        yield _greedy_checked(model, src, config, list(prefix or []), list(rules))
+        return
+    yield from _search(model, src, config, prefix, need_weights, draft, stream, rules)
+
+
+def _greedy_checked(model: Decoder, src: Tensor, config: DecodeConfig, prefix: list[int],
+                    rules: list[SourceRules | None]) -> SearchDone:
+    """Greedy decoding with rules, for the result only: the compiled loop decodes without them, and a sentence whose
+    tokens and alternatives the rules would have left as they are keeps that result (greedy takes the best token;
+    ruling out tokens it did not take, and that no alternative shows, changes nothing); the other sentences are
+    decoded again with the rules, by the Python loop."""
+    free = _last(_search(model, src, config, prefix, False, None, False, None))
+    redo = [si for si, rule in enumerate(rules) if rule is not None and not _obeys(rule, free.hypotheses[si][0], len(prefix))]
+    if not redo:
+        return free
+    rows = torch.tensor(redo, dtype=torch.long, device=src.device)
+    again = _last(_search(model, src.index_select(0, rows), config, prefix, False, None, False, [rules[si] for si in redo]))
+    hyps = list(free.hypotheses)
+    for j, si in enumerate(redo):
+        hyps[si] = again.hypotheses[j]
+    return SearchDone(hyps, None, free.steps + again.steps)
+
+
+def _obeys(rule: SourceRules, hyp: SearchHypothesis, start: int) -> bool:
+    """Whether `rule` would have left `hyp` as it is: its tokens after the forced `start` ones and the alternatives
+    at every position are all tokens the rule allows there."""
+    tokens = hyp.tokens
+    for i, alts in enumerate(hyp.alt_ids.tolist()):
+        only, banned = rule.ruled_out(tokens[:i])
+        shown = alts + [tokens[i]] if i >= start else alts
+        if (only is not None and not set(shown) <= set(only)) or (banned and set(shown) & set(banned)):
+            return False
+    return True
+
+
+def _last(events: Iterator[SearchStep | SearchDone]) -> SearchDone:
+    final = None
+    for final in events:
+        pass
+    assert isinstance(final, SearchDone)
+    return final
+
+
+def _search(
+    model: Decoder,
+    src: Tensor,
+    config: DecodeConfig,
+    prefix: list[int] | None = None,
+    need_weights: bool = False,
+    draft: list[int] | None = None,
+    stream: bool = True,
+    rules: Sequence[SourceRules | None] | None = None,
+) -> Iterator[SearchStep | SearchDone]:
+    """`search` itself (see there); `rules` here is None or a list with active rules."""
     mc = model.config
     device = src.device
     b = src.size(0)
@@ -440,7 +498,7 @@ def search(
     drafted = draft_tokens(draft, mc, max(max_new) - 1) if k_beam == 1 else []
     cache = model.start_cache(encoded, capacity)  # one row per sentence until the first step is taken
     banned = _banned_tensor(tuple(_banned_ids(model)), device)  # ids never generated
-    rules = list(rules) if rules is not None and any(r is not None and r.active for r in rules) else None
+    rules = list(rules) if rules is not None else None
     hist = _History()
 
     # Beam scores: only the first beam of each sentence is live until the first free step. (N,)
