@@ -150,6 +150,28 @@ async def test_strategy_panel_beam_nbest_side_by_side(tmp_path):
                                    second.translation.hypotheses[2].attention.cross[:, :, 1, :])
 
 
+async def test_the_output_rules_are_switched_in_the_strategy_panel_and_the_palette(tmp_path):
+    """The panel's two checkboxes and the palette's two commands turn the output rules off and on; the translator
+    receives them in its config and the exchange's label names a rule that is off."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 36)) as pilot:
+        await submit(pilot, app, "le chat dort")
+        assert app.translator.calls[-1][1].keep_numbers and app.translator.calls[-1][1].block_repeats
+        await pilot.press("f2")
+        await pilot.click("#keep_numbers")
+        await pilot.click("#rerun")
+        await wait_for(pilot, lambda: len(app.exchanges) == 2 and app.exchanges[-1].status == "done")
+        config = app.translator.calls[-1][1]
+        assert not config.keep_numbers and config.block_repeats
+        assert app.exchanges[-1].label == "greedy free-numbers"
+        app.toggle_rule("keep_numbers")
+        app.toggle_rule("block_repeats")
+        assert app.decode_config.keep_numbers and not app.decode_config.block_repeats
+        await submit(pilot, app, "le chien mange")
+        assert app.translator.calls[-1][1].block_repeats is False
+        assert app.exchanges[-1].label == "greedy allow-repeats"
+
+
 async def test_invalid_strategy_value_is_reported_in_the_panel(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=(100, 36)) as pilot:

@@ -191,19 +191,21 @@ class DecodeConfig:
         return max(1, min(limit, max_positions - 1))
 
     def describe(self) -> str:
-        """Short human label, e.g. 'beam k=5 α=0.6' (used in transcripts and headers)."""
+        """Short human label, e.g. 'beam k=5 α=0.6' (used in transcripts and headers); an output rule turned off
+        is named ('greedy free-numbers')."""
+        off = ("" if self.keep_numbers else " free-numbers") + ("" if self.block_repeats else " allow-repeats")
         if self.strategy == "greedy":
-            return "greedy"
+            return "greedy" + off
         if self.strategy == "beam":
             extra = f" n={self.top_beams}" if self.top_beams > 1 else ""
-            return f"beam k={self.beam_size} α={self.length_penalty:g}{extra}"
+            return f"beam k={self.beam_size} α={self.length_penalty:g}{extra}{off}"
         parts = [f"T={self.temperature:g}"]
         if self.top_k:
             parts.append(f"top-k={self.top_k}")
         if self.top_p < 1:
             parts.append(f"top-p={self.top_p:g}")
         parts.append(f"seed={self.seed}")
-        return "sample " + " ".join(parts)
+        return "sample " + " ".join(parts) + off
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

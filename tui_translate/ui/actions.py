@@ -130,6 +130,13 @@ class AppActions:
     def set_strategy(self, strategy: str) -> None:
         self.decode_config = self.decode_config.with_(strategy=strategy, top_beams=self.decode_config.top_beams if strategy == "beam" else 1)
 
+    def toggle_rule(self, rule: str) -> None:
+        """Turn one output rule (`keep_numbers`, `block_repeats`) on or off for the next translations."""
+        on = not getattr(self.decode_config, rule)
+        self.decode_config = self.decode_config.with_(**{rule: on})
+        what = {"keep_numbers": "numbers copied from the source", "block_repeats": "no word three times in a row"}[rule]
+        self.notify(f"{what}: {'on' if on else 'off (the model alone)'}", timeout=3)
+
     def action_rerun(self) -> None:
         """Translate the last input again; each new exchange shows the earlier result beneath it, to compare."""
         text = self.last_input or next((e.source for e in reversed(self.exchanges)), "")

@@ -23,6 +23,10 @@ def app_commands(app: "TranslateApp") -> Iterable[SystemCommand]:
     yield SystemCommand("Decoding strategy…", "Greedy, beam search or sampling and their parameters (F2)", app.action_strategy)
     for s in ("greedy", "beam", "sample"):
         yield SystemCommand(f"Strategy: {s}", f"Switch to {s} decoding with the current parameters", lambda s=s: app.set_strategy(s))
+    yield SystemCommand("Output rule: numbers from the source", "Digits only as the source's numbers, copied (on/off)",
+                        lambda: app.toggle_rule("keep_numbers"))
+    yield SystemCommand("Output rule: no word three times in a row", "Rule out stutter such as 'orange orange orange' (on/off)",
+                        lambda: app.toggle_rule("block_repeats"))
     yield SystemCommand("Re-translate last input", "Run the last input again with the current strategy (F5)", app.action_rerun)
     yield SystemCommand("Swap direction / next model", "Load the next model directory (F3)", app.action_swap_model)
     for path in app.models:

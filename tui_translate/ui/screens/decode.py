@@ -1,4 +1,4 @@
-"""The decoding panel: pick greedy / beam / sampling and their parameters."""
+"""The decoding panel: pick greedy / beam / sampling and their parameters, and the output rules."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
+from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSet, Static
 
 from ...config import ConfigError, DecodeConfig
 
@@ -22,6 +22,10 @@ FIELDS = [
     ("seed", "seed", "seed", int, "sample"),
 ]
 STRATEGIES = ("greedy", "beam", "sample")
+RULES = [  # (attribute = widget id, label): the output rules, for every strategy
+    ("keep_numbers", "numbers from source"),
+    ("block_repeats", "no word 3× in a row"),
+]
 
 
 class StrategySet(RadioSet):
@@ -58,6 +62,9 @@ class DecodeScreen(ModalScreen[tuple[DecodeConfig, bool] | None]):
                     value = getattr(self.config, attr)
                     yield Input("" if value is None else str(value), id=fid, classes=group,
                                 placeholder="random" if attr == "seed" else "")
+            with Horizontal(id="decode-rules"):
+                for attr, label in RULES:
+                    yield Checkbox(label, value=getattr(self.config, attr), id=attr)
             yield Static("", id="decode-error")
             with Horizontal(id="decode-buttons"):
                 yield Button("Apply", id="apply", variant="primary")
@@ -93,6 +100,8 @@ class DecodeScreen(ModalScreen[tuple[DecodeConfig, bool] | None]):
                 raise ConfigError(f"{label}: {raw!r} is not a valid {kind.__name__}") from None
         if values["strategy"] != "beam":
             values["top_beams"] = 1
+        for attr, _ in RULES:
+            values[attr] = self.query_one(f"#{attr}", Checkbox).value
         return self.config.with_(**values)
 
     def action_apply(self, rerun: bool = False) -> None:

@@ -25,7 +25,7 @@ inspector shows what every attention head of every layer looked at to produce it
 | arrows (grid focused) | move the focused layer × head cell; its exact weights show below the grid |
 | Enter (alternatives focused) | force that token and re-translate the rest |
 | F1 | this help |
-| F2 | decoding strategy: greedy, beam (size, α, n-best), sampling (T, top-k, top-p, seed) |
+| F2 | decoding strategy: greedy, beam (size, α, n-best), sampling (T, top-k, top-p, seed); the output rules (numbers from the source, no word 3× in a row) |
 | F3 | swap direction / next model |
 | ctrl+z | undo a direction switch made by language detection |
 | F4 | grid ↔ full matrix view |
