@@ -467,17 +467,9 @@ def _last(events: Iterator[SearchStep | SearchDone]) -> SearchDone:
     return final
 
 
-def _search(
-    model: Decoder,
-    src: Tensor,
-    config: DecodeConfig,
-    prefix: list[int] | None = None,
-    need_weights: bool = False,
-    draft: list[int] | None = None,
-    stream: bool = True,
-    rules: Sequence[SourceRules | None] | None = None,
-) -> Iterator[SearchStep | SearchDone]:
-    """`search` itself (see there); `rules` here is None or a list with active rules."""
+def _search(model: Decoder, src: Tensor, config: DecodeConfig, prefix: list[int] | None, need_weights: bool,
+            draft: list[int] | None, stream: bool, rules: Sequence[SourceRules | None] | None) -> Iterator[SearchStep | SearchDone]:
+    """`search` itself, every argument given (see there); `rules` here is None or holds an active rule."""
     mc = model.config
     device = src.device
     b = src.size(0)
