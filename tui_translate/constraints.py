@@ -101,10 +101,9 @@ class SourceRules:
     def _follows(self, open_run: str, piece: _DigitPiece) -> str | None:
         """The digits left open after `piece` follows an open run `open_run` ("" when none is open), or None
         when the piece breaks the rule."""
-        text, runs = piece.text, list(piece.runs)
+        text, runs = piece.text, piece.runs
         first_start, first_end = runs[0]
         if first_start == 0:  # the piece's first digits extend the open run
-            runs[0] = (0, first_end)
             head = open_run + text[:first_end]
         else:  # something else comes first: the open run closes before the piece
             if open_run and open_run not in self.runs:
