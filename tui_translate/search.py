@@ -140,11 +140,8 @@ def search_in_batches(
     for start in range(0, len(order), size):
         idx = order[start : start + size]
         began = time.perf_counter()
-        final = None
-        for final in search(model, pad_batch([sources[i] for i in idx], model.config.pad_id), config, need_weights=need_weights,
-                            stream=False, rules=None if rules is None else [rules[i] for i in idx]):
-            pass
-        assert isinstance(final, SearchDone)
+        final = _last(search(model, pad_batch([sources[i] for i in idx], model.config.pad_id), config, need_weights=need_weights,
+                             stream=False, rules=None if rules is None else [rules[i] for i in idx]))
         yield idx, final, time.perf_counter() - began
 
 
@@ -375,7 +372,7 @@ def _apply_rules(rules: list[SourceRules | None], sentence_of_row: list[int], ro
     its tokens so far `rows_so_far` (N, t)."""
     window = max(r.window for r in rules if r is not None)
     tails = rows_so_far[:, -window:].tolist() if rows_so_far.size(1) else [[] for _ in sentence_of_row]
-    targets = [logp] if raw is None or raw.data_ptr() == logp.data_ptr() else [logp, raw]
+    targets = [logp] if raw is None else [logp, raw]
     for row, si in enumerate(sentence_of_row):
         rule = rules[si]
         if rule is None:
@@ -460,6 +457,7 @@ def _obeys(rule: SourceRules, hyp: SearchHypothesis, start: int) -> bool:
 
 
 def _last(events: Iterator[SearchStep | SearchDone]) -> SearchDone:
+    """The SearchDone a search ends with (its steps consumed)."""
     final = None
     for final in events:
         pass
