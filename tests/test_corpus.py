@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -75,6 +77,12 @@ def test_cleaning_is_cached_and_redone_when_a_file_changes(tmp_path, monkeypatch
     changed, _ = cleaned_corpora([CorpusSpec(a)], tmp_path / "cache")
     assert len(calls) == 2 and changed == [[("le chien dort sur le lit", "the dog sleeps on the bed"), ("le chat", "the cat")]]
     assert json.loads(next((tmp_path / "cache").glob("*.json")).read_text())["sizes"] in ([1], [2])
+    os.utime(a, ns=(1, 1))  # re-stamped, as a fresh copy of the shared corpora is: same content, same cache
+    copy = tmp_path / "elsewhere" / "a.tsv"
+    copy.parent.mkdir()
+    shutil.copyfile(a, copy)
+    assert cleaned_corpora([CorpusSpec(a)], tmp_path / "cache")[0] == changed
+    assert cleaned_corpora([CorpusSpec(copy)], tmp_path / "cache")[0] == changed and len(calls) == 2
 
 
 def test_epoch_mixture_follows_the_weights():
