@@ -164,14 +164,6 @@ def clean_corpora(
     return kept_all, report
 
 
-def _file_digest(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
-
-
 def cleaned_corpora(specs: Sequence[CorpusSpec], cache_dir: Path, clean: bool = True) -> tuple[list[list[tuple[str, str]]], dict]:
     """`clean_corpora` with its output cached in cache_dir (keyed by the files' contents and the filter
     settings, not their modification times: a copy of the same corpora, re-stamped on another session's
@@ -183,7 +175,8 @@ def cleaned_corpora(specs: Sequence[CorpusSpec], cache_dir: Path, clean: bool = 
         return out, {}
     h = hashlib.sha256(json.dumps([MAX_CHAR_RATIO, MIN_WORDS_FOR_LANGID, LANGID_THRESHOLD]).encode())
     for spec in specs:
-        h.update(_file_digest(Path(spec.path)))
+        with open(spec.path, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
     key = h.hexdigest()[:16]
     report_path = cache_dir / f"clean-{key}.json"
     data_path = cache_dir / f"clean-{key}.tsv"
