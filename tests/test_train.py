@@ -306,6 +306,17 @@ def test_a_run_continued_from_its_exported_model_keeps_step_schedule_and_curve(t
     lines = [json.loads(x) for x in (tmp_path / "other" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [50, 60]  # other seed: another run, a new schedule
 
+    # the command kept for a lost machine, `--resume --init-from`, finds no checkpoint of its own: it warm-starts
+    again = toy_config(toy_files, tmp_path / "again", max_steps=130, eval_every=60, save_every=130,
+                       init_from=str(first / "model"))
+    train(again, resume=True)
+    lines = [json.loads(x) for x in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [50, 100, 120, 130]
+    train(toy_config(toy_files, tmp_path / "again", max_steps=140, eval_every=60, save_every=130,
+                     init_from=str(first / "model")), resume=True)  # now it has one: it resumes it instead
+    lines = [json.loads(x) for x in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [50, 100, 120, 130, 140]
+
 
 def test_in_training_evaluation_samples_the_whole_valid_set_evenly():
     pairs = [(f"s{i}", f"t{i}") for i in range(2000)]  # e.g. a valid file sorted by length

@@ -407,17 +407,28 @@ def _train(cfg: TrainConfig, resume: bool, console: Console, d: Dist, stop_after
         enc_beta, dec_beta = model.scale_branch_init()
         console.print(f"branch init: DeepNet beta {enc_beta:.3f} (encoder), {dec_beta:.3f} (decoder)")
     model = model.to(d.device)
-    if cfg.init_from and not resume:
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-9, weight_decay=cfg.weight_decay)
+
+    state = {"step": 0, "epoch": 0, "batch": 0, "best_val": None, "bad_evals": 0, "tokens": 0, "elapsed": 0.0, "rewarm_from": None}
+    loaded = None
+    if resume:
+        loaded = latest_good_checkpoint(out_dir, model, opt, console)
+        if loaded is not None:
+            state.update({k: loaded[k] for k in state if k in loaded})
+            if d.main:
+                _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
+                console.print(f"resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
+    elif d.main and checkpoint_dirs(out_dir):
+        raise RunError(f"{out_dir} already has checkpoints: pass --resume to continue, or choose another --out")
+    # `--resume --init-from` is the command that survives a lost machine: it continues the run's own checkpoints
+    # where they exist and otherwise starts again from the committed model, never from random weights.
+    if cfg.init_from and loaded is None:
         from .checkpoint import load_model_dir
 
         init = load_model_dir(cfg.init_from).model
         if init.config != mcfg:
             raise ConfigError(f"--init-from {cfg.init_from}: its architecture differs from this run's")
         model.load_state_dict(init.state_dict())
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-9, weight_decay=cfg.weight_decay)
-
-    state = {"step": 0, "epoch": 0, "batch": 0, "best_val": None, "bad_evals": 0, "tokens": 0, "elapsed": 0.0, "rewarm_from": None}
-    if cfg.init_from and not resume:
         carried, why = continued_state(Path(cfg.init_from), cfg)
         if carried:
             state.update(carried, rewarm_from=carried["step"])
@@ -428,15 +439,6 @@ def _train(cfg: TrainConfig, resume: bool, console: Console, d: Dist, stop_after
             console.print(f"warm start from {cfg.init_from}: " + (
                 f"continuing its run at step {state['step']} (epoch {state['epoch']}, batch {state['batch']}); "
                 "fresh optimizer moments" if carried else f"a new schedule from step 0 ({why})"))
-    if resume:
-        loaded = latest_good_checkpoint(out_dir, model, opt, console)
-        if loaded is not None:
-            state.update({k: loaded[k] for k in state if k in loaded})
-            if d.main:
-                _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
-                console.print(f"resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
-    elif d.main and checkpoint_dirs(out_dir):
-        raise RunError(f"{out_dir} already has checkpoints: pass --resume to continue, or choose another --out")
     if d.world > 1:  # identical start on every rank
         for p in model.parameters():
             dist.broadcast(p.data, 0)
