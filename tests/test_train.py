@@ -327,3 +327,20 @@ def test_in_training_evaluation_samples_the_whole_valid_set_evenly():
     assert max(b - a for a, b in zip(idx, idx[1:])) == 10  # an even stride, not the first 200
     assert eval_sample(pairs[:50], 200) == pairs[:50] and eval_sample(pairs, 0) == pairs
     assert eval_sample(pairs[:7], 3) == [pairs[0], pairs[2], pairs[4]]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_it_is_warned_about(toy_files, tmp_path, monkeypatch, native):
+    """oneDNN emulates bfloat16 on a CPU without AVX-512 BF16 / AMX, and a step then takes many times longer
+    than in float32: the run says so at its start rather than leaving the user to wonder."""
+    import io
+
+    from rich.console import Console
+
+    import tui_translate.train as train_module
+
+    monkeypatch.setattr(train_module, "bf16_is_native", lambda device: native)
+    out = io.StringIO()
+    train(toy_config(toy_files, tmp_path / "run", max_steps=2, eval_every=1000, save_every=1000, amp="bf16"),
+          console=Console(file=out, width=200), device="cpu")
+    assert ("no native bfloat16" in out.getvalue()) is not native

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--marian-compatible", action="store_true",
                    help="post-norm, Marian's position layout, decoder starting from <pad> and a final logits bias: the model "
                    "then exports exactly to hf-marian / CTranslate2 (overrides --norm and --positions)")
-    p.add_argument("--amp", choices=["none", "bf16"], default="none", help="bfloat16 autocast for the forward pass (default: none = fp32)")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none", help="bfloat16 autocast for the forward pass (default: none = fp32); on a CPU, only worth it with AVX-512 BF16 or AMX")
     p.add_argument("--branch-init", choices=["xavier", "deepnet"], default="xavier",
                    help="deepnet: start attention value/output and feed-forward weights scaled down (DeepNet's beta), which "
                    "keeps a deep post-norm encoder from starting with every position alike (default: xavier)")
