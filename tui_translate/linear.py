@@ -13,7 +13,7 @@ matrix of the decoder at each step. For such skinny products the layout matters 
   (`torch.ops.mkldnn`, what PyTorch's own compiler uses for frozen CPU linears).
 
 Every private torch API the engine relies on (`_weight_int8pack_mm`, `torch.ops.mkldnn`'s reordered
-linears, the `_op` of fbgemm's `linear_dynamic`, tensors' `_version` counters, modules' `_parameters`) is
+linears and its bfloat16 probe, the `_op` of fbgemm's `linear_dynamic`, tensors' `_version` counters, modules' `_parameters`) is
 used in this file only.
 
 `project(x, *linears, packed=...)` applies nn.Linear layers that share their input (e.g. Q, K and V
@@ -39,6 +39,14 @@ from .errors import DecodingError
 
 # A bound product: (flat (rows, D_in), step_rows) -> (rows, ΣD_out); see `_Pack.multiply`.
 Product = Callable[..., Tensor]
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether bfloat16 autocast runs on hardware support here (CUDA, or a CPU with AVX-512 BF16 / AMX); without
+    it oneDNN emulates bfloat16 and a training step is several times slower than in float32."""
+    if device.type != "cpu":
+        return True
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def parameter_stamps(*modules: nn.Module) -> list[tuple]:

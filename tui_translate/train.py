@@ -38,6 +38,7 @@ from .corpus import CorpusSpec, cleaned_corpora, epoch_indices, format_report
 from .data import DataError, EncodedPairs, collate, read_pairs, token_batches
 from .errors import TranslateError
 from .evaluate import evaluate_pairs
+from .linear import bf16_is_native
 from .model import Transformer
 from .search import pad_batch
 from .tokenizer import Tokenizer, train_tokenizer
@@ -68,14 +69,6 @@ def setup_distributed(device: str = "auto") -> Dist:
     else:
         dev = torch.device("cpu")
     return Dist(rank, world, dev)
-
-
-def bf16_is_native(device: torch.device) -> bool:
-    """Whether bfloat16 autocast runs on hardware support here (CUDA, or a CPU with AVX-512 BF16 / AMX); without
-    it oneDNN emulates bfloat16 and a training step is several times slower than in float32."""
-    if device.type != "cpu":
-        return True
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def lr_at(step: int, cfg: TrainConfig, rewarm_from: int | None = None) -> float:
