@@ -282,6 +282,29 @@ def test_a_truncated_checkpoint_is_left_out_of_the_average(toy_files, tmp_path):
     assert meta["averaged_checkpoints"] == [p.name for p in ckpts[1:]]
 
 
+def test_export_averages_as_many_checkpoints_as_asked(toy_files, tmp_path):
+    """`train --out RUN --export --average-last N` averages the newest N checkpoints whatever the run was started
+    with (it used to ignore the flag silently); without the flag, the run's own setting."""
+    from tui_translate.cli import main
+    from tui_translate.train import average_checkpoints
+
+    out = tmp_path / "run"
+    train(toy_config(toy_files, out, max_steps=40, eval_every=1000, save_every=10, keep_last=4, average_last=2))
+    ckpts = checkpoint_dirs(out)
+    for n, expected in ((None, ckpts[-2:]), (3, ckpts[-3:]), (4, ckpts)):
+        assert main(["train", "--out", str(out), "--export"] + ([] if n is None else ["--average-last", str(n)])) == 0
+        meta = json.loads((out / "model" / "config.json").read_text())["meta"]
+        assert meta["averaged_checkpoints"] == [p.name for p in expected]
+        assert meta["training"]["config"]["average_last"] == (2 if n is None else n)
+        avg, _ = average_checkpoints(expected, None)
+        weights = load_file(out / "model" / "model.safetensors")
+        compared = [name for name in weights if name in avg and "embed" not in name]  # the start row is re-zeroed
+        assert compared
+        for name in compared:
+            torch.testing.assert_close(weights[name], avg[name].to(weights[name].dtype))
+    assert main(["train", "--out", str(out), "--export", "--average-last", "0"]) == 2
+
+
 def test_a_run_continued_from_its_exported_model_keeps_step_schedule_and_curve(toy_files, tmp_path):
     """A new machine warm-starts from the committed export: same step, learning-rate schedule and data order,
     only the optimizer moments are new (their first steps re-warmed); the curve so far is carried."""

@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-sentences", type=int, default=300, help="validation sentences translated for BLEU/chrF at each eval")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--keep-last", type=int, default=5)
-    p.add_argument("--average-last", type=int, default=5)
+    p.add_argument("--average-last", type=int, default=None,
+                   help="checkpoints averaged into the exported model (default 5; with --export, overrides the run's)")
     p.add_argument("--patience", type=int, default=6, help="evaluations without validation-loss improvement before stopping")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=0)
@@ -320,7 +321,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .train import export_run, train
 
     if args.export:
-        export_run(args.out)
+        export_run(args.out, average_last=args.average_last)
         return 0
     if not args.train or not args.valid:
         raise ConfigError("train: --train and --valid are required (unless --export)")
@@ -335,7 +336,7 @@ def _run_train(args: argparse.Namespace) -> int:
                       vocab_size=args.vocab_size, model=model, max_tokens=args.max_tokens, lr=args.lr, warmup_steps=args.warmup,
                       label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, max_steps=args.max_steps,
                       max_epochs=args.max_epochs, eval_every=args.eval_every, eval_sentences=args.eval_sentences,
-                      save_every=args.save_every, keep_last=args.keep_last, average_last=args.average_last,
+                      save_every=args.save_every, keep_last=args.keep_last, average_last=5 if args.average_last is None else args.average_last,
                       patience=args.patience, seed=args.seed, threads=args.threads, limit_pairs=args.limit_pairs, amp=args.amp,
                       branch_init=args.branch_init)
     train(cfg, resume=args.resume, device=args.device)

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -337,11 +337,14 @@ def continued_state(model_dir: Path, cfg: TrainConfig) -> tuple[dict | None, str
     return {k: training["state"][k] for k in STATE_COUNTERS if k in training["state"]}, ""
 
 
-def export_run(out_dir: str | Path, console: Console | None = None) -> Path:
-    """Average the newest checkpoints of a run (finished or not) into DIR/model."""
+def export_run(out_dir: str | Path, console: Console | None = None, average_last: int | None = None) -> Path:
+    """Average the newest checkpoints of a run (finished or not) into DIR/model: the run's `average_last` of
+    them, or `average_last` when given (the model's metadata records the number used)."""
     console = console or Console(stderr=True)
     out_dir = Path(out_dir).expanduser()
     cfg = TrainConfig.from_dict(read_run_json(out_dir / "train.json"))
+    if average_last is not None:
+        cfg = replace(cfg, average_last=average_last)  # validated like the run's own setting
     tok = Tokenizer.from_file(out_dir / "tokenizer.json")
     model = Transformer(build_model_config(cfg, tok))
     paths = checkpoint_dirs(out_dir)
