@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tui_translate.corpus import CorpusError, CorpusSpec, clean_corpora, cleaned_corpora, epoch_indices
+from tui_translate.corpus import CorpusError, CorpusSpec, clean_corpora, cleaned_corpora, epoch_indices, format_report
 from tui_translate.data import EncodedPairs, token_batches
 from tui_translate.tokenizer import train_tokenizer
 
@@ -53,12 +53,18 @@ def test_each_filter_removes_what_it_names_and_reports_it(tmp_path):
     b = write(tmp_path / "b.tsv", [
         "le chat dort sur le lit\tthe cat sleeps on the bed",  # duplicate of a's first pair
         "le ciel est bleu ce matin\tthe sky is blue this morning",
+        "le chômage touche 6,9 p. 100 des jeunes\tunemployment hits 6.9 per cent of the young",  # Hansard style
+        "le taux est de 1 p. 100 000 habitants\tthe rate is 1 in 100,000 people",  # per hundred thousand: left as it is
     ])
     kept, report = clean_corpora([CorpusSpec(a, 2), CorpusSpec(b)], langid=fake_langid)
     assert kept == [[("le chat dort sur le lit", "the cat sleeps on the bed"), ("Bonjour !", "Hello!")],
-                    [("le ciel est bleu ce matin", "the sky is blue this morning")]]
-    assert report[a] == {"read": 9, "kept": 2, "removed": {"malformed": 1, "length_ratio": 1, "copy": 1, "language": 2, "duplicate": 2}}
-    assert report[b]["removed"]["duplicate"] == 1 and report[b]["kept"] == 1
+                    [("le ciel est bleu ce matin", "the sky is blue this morning"),
+                     ("le chômage touche 6,9% des jeunes", "unemployment hits 6.9 per cent of the young"),
+                     ("le taux est de 1 p. 100 000 habitants", "the rate is 1 in 100,000 people")]]
+    assert report[a] == {"read": 9, "kept": 2, "removed": {"malformed": 1, "length_ratio": 1, "copy": 1, "language": 2, "duplicate": 2},
+                         "rewritten": {"percent": 0}}
+    assert report[b]["removed"]["duplicate"] == 1 and report[b]["kept"] == 3 and report[b]["rewritten"] == {"percent": 1}
+    assert format_report({b: report[b]}) == [f"{b}: 4 pairs read, 3 kept (removed: duplicate 1; rewritten: percent 1)"]
 
 
 def test_cleaning_is_cached_and_redone_when_a_file_changes(tmp_path, monkeypatch):

@@ -367,3 +367,20 @@ def test_bf16_on_a_cpu_without_it_is_warned_about(toy_files, tmp_path, monkeypat
     train(toy_config(toy_files, tmp_path / "run", max_steps=2, eval_every=1000, save_every=1000, amp="bf16"),
           console=Console(file=out, width=200), device="cpu")
     assert ("no native bfloat16" in out.getvalue()) is not native
+
+
+def test_encoded_pairs_cache_follows_the_cleaned_pairs(toy_files, tmp_path):
+    """The encoded-data cache is keyed by the pairs themselves: a new cleaning rule (or edited corpus) that
+    changes a pair gives a new encoding, not a stale one read back under the same --train arguments."""
+    from tui_translate.tokenizer import train_tokenizer
+    from tui_translate.train import Dist, prepare_data
+
+    cfg = toy_config(toy_files, tmp_path)
+    pairs = toy_pairs(50, 3)
+    tok = train_tokenizer((s for p in pairs for s in p), 40)
+    (tmp_path / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
+    first = prepare_data(cfg, tmp_path, tok, Dist(), [pairs])
+    again = prepare_data(cfg, tmp_path, tok, Dist(), [pairs])
+    changed = prepare_data(cfg, tmp_path, tok, Dist(), [[("ab ab", "cd cd")] + pairs[1:]])
+    assert len(list(tmp_path.glob("data-*.npz"))) == 2
+    assert first.src(0).tolist() == again.src(0).tolist() and changed.src(0).tolist() != first.src(0).tolist()

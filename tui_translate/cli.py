@@ -336,9 +336,11 @@ def _run_train(args: argparse.Namespace) -> int:
                       vocab_size=args.vocab_size, model=model, max_tokens=args.max_tokens, lr=args.lr, warmup_steps=args.warmup,
                       label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, max_steps=args.max_steps,
                       max_epochs=args.max_epochs, eval_every=args.eval_every, eval_sentences=args.eval_sentences,
-                      save_every=args.save_every, keep_last=args.keep_last, average_last=5 if args.average_last is None else args.average_last,
+                      save_every=args.save_every, keep_last=args.keep_last,
                       patience=args.patience, seed=args.seed, threads=args.threads, limit_pairs=args.limit_pairs, amp=args.amp,
-                      branch_init=args.branch_init)
+                      branch_init=args.branch_init,
+                      # only a given --average-last overrides TrainConfig's default
+                      **({} if args.average_last is None else {"average_last": args.average_last}))
     train(cfg, resume=args.resume, device=args.device)
     return 0
 

@@ -14,6 +14,11 @@ Cleaning (`clean_corpora`) removes, in this order, and counts what each filter r
   too short to judge and are kept);
 * `duplicate`: the same pair (case and spaces ignored) seen earlier in this or a previous corpus.
 
+Before the filters, one house style is rewritten and counted (`rewritten`): the Canadian Hansard writes a
+percentage "25 p. 100" in French where every other corpus and the news write "25%". Left as it is, a model
+learns to answer "25%" with "25 p. 100", a number the source does not have, which the output rule that copies
+numbers then cuts to "25 p." followed by whatever number comes next.
+
 The cleaned pairs are cached next to the run with the report, so a resumed run does not clean again.
 """
 
@@ -38,6 +43,14 @@ MIN_WORDS_FOR_LANGID = 3
 LANGID_THRESHOLD = 0.1  # confidence of the expected language under which a judged side is dropped
 FILTERS = ("malformed", "length_ratio", "copy", "language", "duplicate")
 _LOWER_WORD = re.compile(r"\b[a-zà-ÿœæ]{2,}\b")
+# "25 p. 100" / "6,9 p.100" (not "p. 100 000", per hundred thousand) -> "25%"
+_PER_HUNDRED = re.compile(r"(?<=\d)[ \u00a0\u202f]*p\.[ \u00a0\u202f]*100(?![ \u00a0\u202f]?\d)")
+REWRITES = ("percent",)
+
+
+def rewrite_french(fr: str) -> tuple[str, int]:
+    """The French side in the common style, and how many rewrites were made (see the module docstring)."""
+    return _PER_HUNDRED.subn("%", fr)
 
 
 class CorpusError(TranslateError, ValueError):
@@ -120,12 +133,13 @@ def clean_corpora(
     langid: Callable[[Sequence[str], str], list[float]] = language_confidences,
 ) -> tuple[list[list[tuple[str, str]]], dict]:
     """Clean every corpus (French, English pairs). Returns the kept pairs per corpus and a report:
-    {path: {"read": n, "kept": n, "removed": {filter: n}}}."""
+    {path: {"read": n, "kept": n, "removed": {filter: n}, "rewritten": {rewrite: pairs}}}."""
     seen: set[str] = set()
     kept_all, report = [], {}
     for spec in specs:
         rows = read_tsv(spec.path)
         removed = dict.fromkeys(FILTERS, 0)
+        rewritten = dict.fromkeys(REWRITES, 0)
         candidates = []
         for cols in rows:
             if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
@@ -133,6 +147,8 @@ def clean_corpora(
                     removed["malformed"] += 1
                 continue
             fr, en = cols[0].strip(), cols[1].strip()
+            fr, n = rewrite_french(fr)
+            rewritten["percent"] += n > 0
             if not _ratio_ok(fr, en):
                 removed["length_ratio"] += 1
             elif _is_copy(fr, en):
@@ -160,7 +176,8 @@ def clean_corpora(
             seen.add(key)
             kept.append((fr, en))
         kept_all.append(kept)
-        report[spec.path] = {"read": sum(1 for c in rows if any(x.strip() for x in c)), "kept": len(kept), "removed": removed}
+        report[spec.path] = {"read": sum(1 for c in rows if any(x.strip() for x in c)), "kept": len(kept), "removed": removed,
+                             "rewritten": rewritten}
     return kept_all, report
 
 
@@ -173,7 +190,7 @@ def cleaned_corpora(specs: Sequence[CorpusSpec], cache_dir: Path, clean: bool = 
         for spec in specs:
             out.append([(c[0], c[1]) for c in read_tsv(spec.path) if len(c) >= 2 and c[0].strip() and c[1].strip()])
         return out, {}
-    h = hashlib.sha256(json.dumps([MAX_CHAR_RATIO, MIN_WORDS_FOR_LANGID, LANGID_THRESHOLD]).encode())
+    h = hashlib.sha256(json.dumps([MAX_CHAR_RATIO, MIN_WORDS_FOR_LANGID, LANGID_THRESHOLD, REWRITES]).encode())
     for spec in specs:
         with open(spec.path, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
@@ -213,9 +230,13 @@ def epoch_indices(sizes: Sequence[int], weights: Sequence[float], seed: int, epo
 
 
 def format_report(report: dict) -> list[str]:
-    """One line per corpus: read, kept, and what each filter removed."""
+    """One line per corpus: read, kept, what each filter removed and what was rewritten."""
     lines = []
     for path, r in report.items():
-        removed = ", ".join(f"{k} {v:,}" for k, v in r["removed"].items() if v)
-        lines.append(f"{path}: {r['read']:,} pairs read, {r['kept']:,} kept" + (f" (removed: {removed})" if removed else ""))
+        notes = []
+        if removed := ", ".join(f"{k} {v:,}" for k, v in r["removed"].items() if v):
+            notes.append(f"removed: {removed}")
+        if rewritten := ", ".join(f"{k} {v:,}" for k, v in r.get("rewritten", {}).items() if v):
+            notes.append(f"rewritten: {rewritten}")
+        lines.append(f"{path}: {r['read']:,} pairs read, {r['kept']:,} kept" + (f" ({'; '.join(notes)})" if notes else ""))
     return lines

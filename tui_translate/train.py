@@ -283,8 +283,14 @@ def prepare_tokenizer(cfg: TrainConfig, out_dir: Path, d: Dist, specs: list[Corp
 
 
 def prepare_data(cfg: TrainConfig, out_dir: Path, tok: Tokenizer, d: Dist, corpora) -> EncodedPairs:
-    """Every corpus encoded once (pairs longer than max_len dropped), cached per run."""
-    key = hashlib.sha256(json.dumps([list(cfg.train), cfg.clean, cfg.limit_pairs]).encode()).hexdigest()[:12]
+    """Every corpus encoded once (pairs longer than max_len dropped), cached per run and keyed by the pairs
+    themselves and the tokenizer, so new cleaning rules or corpus files are never read from a stale cache."""
+    h = hashlib.sha256((out_dir / "tokenizer.json").read_bytes())
+    for pairs in corpora:
+        h.update(f"{len(pairs)}\n".encode())
+        for fr, en in pairs:
+            h.update(f"{fr}\t{en}\n".encode())
+    key = h.hexdigest()[:12]
     cache = out_dir / f"data-{cfg.direction}-{cfg.max_len}-{key}.npz"
     if d.main and not cache.exists():
         src_col = 0 if cfg.direction == "fr-en" else 1
