@@ -208,7 +208,8 @@ def test_marian_compatible_training_keeps_the_start_embedding_zero(toy_files, tm
 
 
 @pytest.mark.parametrize("flags", [["--warmup", "0"], ["--eval-every", "0"], ["--save-every", "0"], ["--heads", "0"],
-                                   ["--label-smoothing", "2"], ["--max-len", "0"], ["--lr", "nan"]])
+                                   ["--label-smoothing", "2"], ["--max-len", "0"], ["--lr", "nan"],
+                                   ["--cooldown", "-1"], ["--cooldown", "30000"]])
 def test_bad_train_flags_are_one_line(toy_files, tmp_path, flags):
     train_tsv, valid_tsv = toy_files
     proc = subprocess.run([sys.executable, "-m", "tui_translate", "train", "--train", train_tsv, "--valid", valid_tsv,
@@ -243,6 +244,27 @@ def test_resume_with_other_data_is_refused(toy_files, tmp_path):
     with pytest.raises(ConfigError, match="different train"):
         train(toy_config((other, toy_files[1]), out, max_steps=40), resume=True)
     train(toy_config(toy_files, out, max_steps=30, eval_every=1000, save_every=10), resume=True)  # same data: resumes
+
+
+def test_a_cooldown_takes_the_rate_to_zero_by_max_steps_and_can_be_added_on_resume(toy_files, tmp_path):
+    from tui_translate.train import lr_at
+
+    plain = toy_config(toy_files, tmp_path / "a", max_steps=100)
+    cooled = toy_config(toy_files, tmp_path / "a", max_steps=100, cooldown_steps=40)
+    for step in range(1, 61):  # before the cooldown the schedule is untouched
+        assert lr_at(step, cooled) == lr_at(step, plain)
+    assert lr_at(80, cooled) == pytest.approx(lr_at(80, plain) * 21 / 40)
+    assert 0 < lr_at(100, cooled) == pytest.approx(lr_at(100, plain) / 40)
+    rates = [lr_at(s, cooled) for s in range(60, 101)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert lr_at(101, cooled) == 0.0
+
+    out = tmp_path / "run"
+    train(toy_config(toy_files, out, max_steps=30, eval_every=1000, save_every=10))
+    cfg = toy_config(toy_files, out, max_steps=50, cooldown_steps=20, eval_every=1000, save_every=10)
+    train(cfg, resume=True)
+    logged = {x["step"]: x["lr"] for x in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in x}
+    assert logged[50] == pytest.approx(lr_at(50, cfg)) and logged[50] < lr_at(50, plain) / 10
 
 
 def test_resume_accepts_the_same_tokenizer_at_another_path_and_refuses_another(toy_files, tmp_path):

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--clip-norm", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=20000)
+    p.add_argument("--cooldown", type=int, default=0, metavar="N",
+                   help="take the learning rate linearly to zero over the last N steps before --max-steps "
+                        "(default 0: none; may be added on --resume)")
     p.add_argument("--max-epochs", type=int, default=100)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-sentences", type=int, default=300, help="validation sentences translated for BLEU/chrF at each eval")
@@ -335,6 +338,7 @@ def _run_train(args: argparse.Namespace) -> int:
                       tokenizer=args.tokenizer, clean=args.clean, init_from=args.init_from, max_len=args.max_len,
                       vocab_size=args.vocab_size, model=model, max_tokens=args.max_tokens, lr=args.lr, warmup_steps=args.warmup,
                       label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, max_steps=args.max_steps,
+                      cooldown_steps=args.cooldown,
                       max_epochs=args.max_epochs, eval_every=args.eval_every, eval_sentences=args.eval_sentences,
                       save_every=args.save_every, keep_last=args.keep_last,
                       patience=args.patience, seed=args.seed, threads=args.threads, limit_pairs=args.limit_pairs, amp=args.amp,

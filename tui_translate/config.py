@@ -243,6 +243,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
     max_steps: int = 20000
+    cooldown_steps: int = 0  # the last N steps before max_steps take the rate linearly down to zero (0 = no cooldown)
     max_epochs: int = 100
     eval_every: int = 500
     eval_sentences: int = 300
@@ -277,9 +278,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
-        for name in ("threads", "limit_pairs"):
+        for name in ("threads", "limit_pairs", "cooldown_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0")
+        if self.cooldown_steps > self.max_steps:
+            raise ConfigError(f"cooldown ({self.cooldown_steps}) cannot be longer than max-steps ({self.max_steps})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if not 0 <= self.label_smoothing < 1:

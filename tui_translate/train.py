@@ -75,11 +75,17 @@ def lr_at(step: int, cfg: TrainConfig, rewarm_from: int | None = None) -> float:
     """Linear warmup to cfg.lr, then decay with the inverse square root of the step (the paper's schedule, rescaled).
     A run continued from an exported model (`rewarm_from`: the step it continued at) starts with fresh Adam
     moments, whose first updates are full-size whatever the gradient; the rate is ramped up again over a
-    quarter of the warmup so those steps do not undo the weights."""
+    quarter of the warmup so those steps do not undo the weights. With a cooldown the last
+    `cfg.cooldown_steps` steps before `cfg.max_steps` take the rate linearly towards zero: the annealed
+    weights at the end are better than the ones a constant or slowly decaying rate leaves (Hägele et al.
+    2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations"), and since only the
+    end of the schedule changes, a running job can be given one on --resume."""
     step = max(step, 1)
     rate = cfg.lr * min(step / cfg.warmup_steps, math.sqrt(cfg.warmup_steps / step))
     if rewarm_from is not None:
         rate *= min(1.0, (step - rewarm_from) / max(1, cfg.warmup_steps // 4))
+    if cfg.cooldown_steps:
+        rate *= min(1.0, max(0, cfg.max_steps - step + 1) / cfg.cooldown_steps)
     return rate
 
 
