@@ -490,7 +490,8 @@ def _train(cfg: TrainConfig, resume: bool, console: Console, d: Dist, stop_after
     if zero_start:
         keep_start_embedding_zero(model)
     window_loss, window_tok, window_t = 0.0, 0, time.perf_counter()
-    run_start = time.perf_counter() - state["elapsed"]
+    session_start = time.perf_counter()
+    run_start = session_start - state["elapsed"]  # elapsed_s counts the run's earlier sessions too
     with progress:
         task = progress.add_task(f"train {cfg.direction}", total=cfg.max_steps, completed=state["step"], loss=float("nan"), tps=0.0)
         while not stop and state["epoch"] < cfg.max_epochs:
@@ -529,7 +530,7 @@ def _train(cfg: TrainConfig, resume: bool, console: Console, d: Dist, stop_after
                     log(entry)
                     progress.update(task, completed=step, loss=entry["loss"], tps=tps)
                     if d.main and not console.is_terminal:
-                        eta = (cfg.max_steps - step) * (now - run_start) / max(step - started_at, 1) if step > started_at else 0
+                        eta = (cfg.max_steps - step) * (now - session_start) / max(step - started_at, 1) if step > started_at else 0
                         console.print(f"step {step}/{cfg.max_steps} epoch {state['epoch']} loss {entry['loss']:.3f} "
                                       f"lr {lr:.2e} {tps:,.0f} tok/s elapsed {entry['elapsed_s']:.0f}s eta {eta/60:.0f}min")
                     window_loss, window_tok, window_t = 0.0, 0, now
