@@ -406,3 +406,45 @@ def test_encoded_pairs_cache_follows_the_cleaned_pairs(toy_files, tmp_path):
     changed = prepare_data(cfg, tmp_path, tok, Dist(), [[("ab ab", "cd cd")] + pairs[1:]])
     assert len(list(tmp_path.glob("data-*.npz"))) == 2
     assert first.src(0).tolist() == again.src(0).tolist() and changed.src(0).tolist() != first.src(0).tolist()
+
+
+def test_a_deeper_decoder_grows_from_a_trained_model_and_starts_out_translating_as_it_does(toy_files, tmp_path):
+    """`--init-from` with more `--decoder-layers`: the trained layers are copied and the new top layers start
+    as near-identities, so the grown model's first evaluation already translates like the trained one (the
+    oracle: its greedy outputs and teacher-forced log-probabilities); other architecture changes stay refused."""
+    from tui_translate.config import ConfigError
+    from tui_translate.data import EncodedPairs, collate, read_pairs
+
+    for placement in ("post", "pre"):
+        model_kw = {"d_model": 64, "n_heads": 4, "n_encoder_layers": 2, "n_decoder_layers": 1, "d_ff": 128,
+                    "dropout": 0.0, "max_positions": 32, "norm_placement": placement}
+        first = tmp_path / f"first-{placement}"
+        trained_dir = train(toy_config(toy_files, first, model=model_kw, max_steps=180, eval_every=180))
+        trained = load_model_dir(trained_dir)
+        grown_kw = dict(model_kw, n_decoder_layers=3)
+        run = tmp_path / f"grown-{placement}"
+        # a negligible rate keeps the grown start as it is, to compare it with the model it grew from
+        grown_dir = train(toy_config(toy_files, run, model=grown_kw, max_steps=1, eval_every=1, lr=1e-12,
+                                     init_from=str(trained_dir)))
+        grown = load_model_dir(grown_dir)
+        assert grown.config.n_decoder_layers == 3 and trained.config.n_decoder_layers == 1
+
+        pairs = read_pairs(toy_files[1], "fr-en")
+        data = EncodedPairs.build(pairs, trained.tokenizer)
+        c = trained.config
+        src, tgt_in, tgt_out = collate(data, list(range(len(pairs))), c.pad_id, c.decoder_start_id)
+        real = tgt_out != c.pad_id
+        with torch.no_grad():
+            lp_trained = trained.model.float().eval()(src, tgt_in).log_softmax(-1)
+            lp_grown = grown.model.float().eval()(src, tgt_in).log_softmax(-1)
+        gap = (lp_trained.gather(-1, tgt_out[..., None]) - lp_grown.gather(-1, tgt_out[..., None]))[real].abs()
+        if placement == "pre":
+            assert gap.max() < 1e-4  # a zero branch under pre-norm is the identity
+        else:
+            assert gap.mean() < 0.05  # the renormalisation of a post-norm layer nearly undoes itself
+        sources = [s for s, _ in pairs]
+        assert translate_texts(grown.model, grown.tokenizer, sources) == translate_texts(trained.model, trained.tokenizer, sources)
+
+    with pytest.raises(ConfigError, match="architecture differs"):
+        train(toy_config(toy_files, tmp_path / "wider", model=dict(model_kw, d_ff=256, n_decoder_layers=3),
+                         max_steps=1, init_from=str(trained_dir)))

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-clean", dest="clean", action="store_false",
                    help="skip the language, length-ratio, copy and duplicate filters")
     p.add_argument("--init-from", metavar="MODEL_DIR", default=None,
-                   help="start from this model's weights and tokenizer (warm start; the architecture must match)")
+                   help="start from this model's weights and tokenizer (warm start; the same architecture, "
+                        "or more --decoder-layers: new layers are added on top)")
     p.add_argument("--max-len", type=int, default=64, help="drop pairs longer than this many tokens on either side (default: 64)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, logs, final model in DIR/model)")
     p.add_argument("--direction", default="fr-en", choices=["fr-en", "en-fr"], help="translation direction (default: fr-en)")

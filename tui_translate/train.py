@@ -36,6 +36,7 @@ from .checkpoint import save_model_dir, unique_state_dict
 from .config import ConfigError, DecodeConfig, ModelConfig, TrainConfig
 from .corpus import CorpusSpec, cleaned_corpora, epoch_indices, format_report
 from .data import DataError, EncodedPairs, collate, read_pairs, token_batches
+from .grow import can_grow, grow_decoder
 from .errors import TranslateError
 from .evaluate import evaluate_pairs
 from .linear import bf16_is_native
@@ -441,10 +442,22 @@ def _train(cfg: TrainConfig, resume: bool, console: Console, d: Dist, stop_after
     if cfg.init_from and loaded is None:
         from .checkpoint import load_model_dir
 
-        init = load_model_dir(cfg.init_from).model
-        if init.config != mcfg:
-            raise ConfigError(f"--init-from {cfg.init_from}: its architecture differs from this run's")
-        model.load_state_dict(init.state_dict())
+        init = load_model_dir(cfg.init_from).model.float()
+        grown = 0
+        if init.config == mcfg:
+            model.load_state_dict(init.state_dict())
+        elif can_grow(init.config, mcfg):
+            # A deeper decoder than the trained one's: the trained layers and new near-identity layers on top,
+            # measured on a few training batches (grow.py).
+            sample = token_batches(data, cfg.max_tokens, cfg.seed, 0)
+            sample = (collate(data, idx, mcfg.pad_id, mcfg.decoder_start_id) for idx, _ in zip(sample, range(4)))
+            grown = grow_decoder(model, init, sample)
+        else:
+            raise ConfigError(f"--init-from {cfg.init_from}: its architecture differs from this run's (only more "
+                              "--decoder-layers than it has can be added)")
+        if d.main and grown:
+            console.print(f"grew the decoder of {cfg.init_from} from {init.config.n_decoder_layers} to "
+                          f"{mcfg.n_decoder_layers} layers; the new layers start as near-identities")
         carried, why = continued_state(Path(cfg.init_from), cfg)
         if carried:
             state.update(carried, rewarm_from=carried["step"])
