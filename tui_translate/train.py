@@ -36,9 +36,9 @@ from .checkpoint import save_model_dir, unique_state_dict
 from .config import ConfigError, DecodeConfig, ModelConfig, TrainConfig
 from .corpus import CorpusSpec, cleaned_corpora, epoch_indices, format_report
 from .data import DataError, EncodedPairs, collate, read_pairs, token_batches
-from .grow import can_grow, grow_decoder
 from .errors import TranslateError
 from .evaluate import evaluate_pairs
+from .grow import can_grow, grow_decoder
 from .linear import bf16_is_native
 from .model import Transformer
 from .search import pad_batch
